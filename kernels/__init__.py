@@ -1,0 +1,1 @@
+"""Fused Triton kernels (GRPO loss, VPS statistics) with torch references; imported as mmr1_kernels."""

@@ -1,0 +1,534 @@
+"""One YAML file describes a run.
+
+Each component sees only its own typed section (``cfg.data``, ``cfg.vps``, ...). Every field has a
+default and a one-line doc (the string literal after it). Unknown keys, wrong types and impossible
+combinations fail at load time with a :class:`ConfigError` naming the key, so a 72B job does not die
+an hour in on a typo.
+
+    cfg = load_config("examples/configs/tiny_cpu.yaml", ["parallel.tp=2", "optim.lr=1e-5"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the offending key."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"
+    """Size preset (tiny, qwen2.5-vl-3b/7b/32b/72b); explicit fields below override it."""
+    hf_path: Optional[str] = None
+    """Hugging Face Qwen2.5-VL checkpoint dir: its config.json wins over the preset."""
+    tokenizer_path: Optional[str] = None
+    """Tokenizer dir (HF format); defaults to hf_path."""
+    num_layers: Optional[int] = None
+    """Language-model transformer layers."""
+    hidden_size: Optional[int] = None
+    """Language-model hidden size."""
+    ffn_hidden_size: Optional[int] = None
+    """SwiGLU intermediate size."""
+    num_attention_heads: Optional[int] = None
+    """Query heads."""
+    num_query_groups: Optional[int] = None
+    """Key/value heads (GQA groups)."""
+    vocab_size: Optional[int] = None
+    """Vocabulary size (151936 for 3B, 152064 for 7B+)."""
+    freeze_vision: bool = False
+    """Keep the vision tower (ViT + merger) frozen; the reference config trains it."""
+    recompute: Optional[Literal["full", "selective"]] = None
+    """Activation recomputation granularity; None keeps all activations."""
+    params_dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    """bf16 on GPU, fp32 on CPU when auto."""
+    attention_backend: Literal["auto", "local", "te"] = "auto"
+    """Transformer Engine spec when installed on GPU, megatron's local spec otherwise."""
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = 1
+    """Tensor-parallel size."""
+    pp: int = 1
+    """Pipeline-parallel size."""
+    sequence_parallel: bool = True
+    """Megatron sequence parallelism (used only when tp > 1)."""
+    use_distributed_optimizer: bool = True
+    """Shard optimizer state over DP ranks (GPU only; CPU uses the plain optimizer)."""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """torch.distributed backend: nccl when CUDA is available, gloo otherwise."""
+    seed: int = 1234
+    """Base seed; TP ranks get megatron's model-parallel RNG offsets."""
+
+
+@dataclass
+class DataConfig:
+    kind: Literal["rl", "sft"] = "rl"
+    """RL prompts (problem/answer/images) or SFT conversations (messages)."""
+    train_files: list[str] = field(default_factory=list)
+    """JSONL or Parquet files; image paths resolve relative to each file."""
+    val_files: list[str] = field(default_factory=list)
+    """Held-out files for evaluation."""
+    prompt_key: str = "problem"
+    """RL record field holding the question text (with <image> placeholders)."""
+    answer_key: str = "answer"
+    """RL record field holding the verifiable answer."""
+    image_key: str = "images"
+    """Record field holding image paths (JSONL) or bytes (Parquet)."""
+    messages_key: str = "messages"
+    """SFT record field holding the conversation."""
+    system_prompt: Optional[str] = None
+    """System prompt; None uses the MMR1 think/answer/boxed prompt."""
+    min_pixels: int = 7056
+    """Qwen2.5-VL smart_resize lower bound (pixels)."""
+    max_pixels: int = 1048576
+    """Qwen2.5-VL smart_resize upper bound (pixels)."""
+    max_prompt_length: int = 2048
+    """Prompt tokens (image tokens included)."""
+    max_response_length: int = 4096
+    """Response tokens generated per rollout."""
+    seq_length: int = 16384
+    """SFT sequence cutoff / packing length."""
+    packing: bool = True
+    """Pack SFT samples into seq_length bins with per-sample boundaries."""
+    image_decoder: Literal["auto", "pillow", "dali"] = "auto"
+    """DALI on GPU when installed, Pillow otherwise."""
+    num_workers: int = 2
+    """Data-loader worker processes."""
+    prefetch_factor: int = 2
+    """Batches prefetched per worker."""
+    on_bad_record: Literal["error", "skip"] = "error"
+    """Raise on a malformed record/image, or skip it (counted and logged)."""
+    seed: int = 1234
+    """Shuffling seed."""
+
+
+@dataclass
+class RolloutConfig:
+    backend: Literal["sglang", "local"] = "local"
+    """SGLang servers, or the in-repo stand-in server with the same HTTP API (CPU)."""
+    server_urls: list[str] = field(default_factory=list)
+    """SGLang server (or router) URLs; empty starts local stand-ins."""
+    num_servers: int = 1
+    """Stand-in / launched servers when server_urls is empty."""
+    n: int = 8
+    """Responses per prompt during training (GRPO group size)."""
+    temperature: float = 0.6
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling."""
+    top_k: int = -1
+    """Top-k sampling (-1 = off)."""
+    max_inflight: int = 256
+    """Concurrent /generate requests across all servers."""
+    request_timeout_s: float = 600.0
+    """Per-request timeout before retrying on another server."""
+    max_retries: int = 3
+    """Retries of one request on other servers before failing the step."""
+    weight_sync: Literal["distributed", "tensor", "disk"] = "distributed"
+    """Trainer->server weight update path."""
+    weight_sync_bucket_mb: int = 512
+    """Bucket size for broadcast weight updates."""
+    colocate: bool = False
+    """Servers share GPUs with the trainer (release/resume memory around training)."""
+
+
+@dataclass
+class RewardConfig:
+    format_weight: float = 1.0
+    """Weight of the think/answer template reward."""
+    accuracy_weight: float = 1.0
+    """Weight of the math-verify accuracy reward."""
+    timeout_s: float = 5.0
+    """Per-item verification timeout; a hang scores 0 and is counted."""
+    num_workers: int = 2
+    """Reward worker processes."""
+
+
+@dataclass
+class AlgorithmConfig:
+    adv_estimator: Literal["grpo", "drgrpo"] = "grpo"
+    """grpo: (r - mean) / (std + eps); drgrpo: r - mean (no std normalisation)."""
+    adv_eps: float = 1e-6
+    """eps in the advantage denominator."""
+    clip_ratio_low: float = 0.2
+    """eps_low of the clipped surrogate."""
+    clip_ratio_high: float = 0.2
+    """eps_high (clip-higher when > clip_ratio_low)."""
+    clip_ratio_c: Optional[float] = None
+    """Dual-clip constant c (> 1) for negative advantages; None = off."""
+    use_kl_loss: bool = True
+    """Add a KL(policy || reference) loss term."""
+    kl_coef: float = 0.01
+    """KL loss coefficient."""
+    kl_estimator: Literal["k1", "k2", "k3", "low_var_kl", "mse"] = "low_var_kl"
+    """KL estimator (k3 == low_var_kl, k2 == mse)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    loss_agg_mode: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = "token-mean"
+    """How per-token losses are reduced."""
+    dynamic_filtering: bool = False
+    """DAPO-style: drop groups whose rewards all agree."""
+    use_fused_kernel: bool = True
+    """Fused Triton loss on CUDA; the torch reference otherwise."""
+
+
+@dataclass
+class VPSConfig:
+    alpha: float = 0.8
+    """Weight of OVS = p(1-p)."""
+    beta: float = 0.2
+    """Weight of TDS (trajectory diversity)."""
+    tds_metrics: list[str] = field(default_factory=lambda: ["self_bleu"])
+    """Diversity metrics averaged into TDS: self_bleu (1 - self-BLEU-123), distinct_n, edit_distance."""
+    momentum: float = 0.0
+    """w = m * w_old + (1 - m) * w_new."""
+    prior: float = 1.0
+    """Score of prompts never scored yet (after min-max normalisation)."""
+    refresh: Literal["full", "online"] = "full"
+    """full: re-score all prompts every update_interval steps (paper); online: from training rollouts."""
+    update_interval: int = 56
+    """T_update: steps between refreshes."""
+    num_rollouts: int = 16
+    """N: fresh rollouts per prompt when scoring."""
+    scoring_batch_size: int = 4096
+    """Prompts per scoring rollout batch."""
+    stale_after: int = 2
+    """online refresh: re-score prompts older than this many refreshes."""
+
+
+@dataclass
+class SamplerConfig:
+    type: Literal["vas", "uniform"] = "vas"
+    """VAS (weighted + uniform mixture) or plain uniform sampling."""
+    lam: float = 0.5
+    """lambda: fraction of each batch drawn by VPS weight (with replacement)."""
+    seed: int = 1234
+    """Sampler RNG seed (checkpointed)."""
+
+
+@dataclass
+class TrainingConfig:
+    mode: Literal["sft", "grpo"] = "grpo"
+    """Cold-start SFT or GRPO RL."""
+    train_iters: int = 100
+    """Optimizer steps (GRPO: rollout steps) to run."""
+    epochs: Optional[int] = None
+    """SFT: epochs over the data instead of train_iters."""
+    rollout_batch_size: int = 512
+    """GRPO: prompts per rollout step (B)."""
+    global_batch_size: int = 512
+    """Sequences per optimizer step (summed over DP ranks and micro-batches)."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward on one rank."""
+    eval_interval: Optional[int] = None
+    """Steps between evaluations; None = never."""
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 1e-6
+    """Peak learning rate."""
+    min_lr: float = 0.0
+    """Floor of the decay schedule."""
+    lr_decay_style: Literal["constant", "cosine", "linear"] = "constant"
+    """Decay after warm-up."""
+    lr_warmup_fraction: float = 0.0
+    """Warm-up as a fraction of train_iters."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.999
+    """AdamW beta2."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+    clip_grad: float = 1.0
+    """Global grad-norm clip (0 = off)."""
+
+
+@dataclass
+class CheckpointConfig:
+    save: Optional[str] = None
+    """Directory for dist checkpoints; None = no saving."""
+    load: Optional[str] = None
+    """Resume from this directory (model, optimizer, sampler, RNG)."""
+    save_interval: Optional[int] = None
+    """Steps between saves; None = only at the end."""
+    keep_last: int = 2
+    """Checkpoints kept on disk."""
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard_dir: Optional[str] = None
+    """TensorBoard event dir (rank 0); None = <output_dir>/tensorboard."""
+    log_interval: int = 1
+    """Steps between log lines."""
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Logger level."""
+    progress: bool = True
+    """Progress bars on long loops (rank 0)."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "mmr1"
+    """Run name (log and checkpoint prefixes)."""
+    output_dir: str = "outputs/mmr1"
+    """Where logs, TensorBoard and checkpoints go by default."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    vps: VPSConfig = field(default_factory=VPSConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    optim: OptimizerConfig = field(default_factory=OptimizerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self, world_size: Optional[int] = None) -> "RunConfig":
+        validate(self, world_size)
+        return self
+
+
+# --------------------------------------------------------------------------------------------------
+# Building typed configs from plain data
+# --------------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints widen to floats, nothing else converts."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} does not match {_type_name(tp)}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported annotation {tp}")  # a bug in this file, not in the YAML
+
+
+def _build(cls: type, data: Any, prefix: str = "") -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"unknown config key '{where}' (valid keys: {', '.join(sorted(names))})")
+    kwargs = {
+        k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()
+    }
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{dotted}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """``key.sub=value`` pairs; values are parsed as YAML (``1e-5``, ``true``, ``[a, b]``)."""
+    out = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key.sub=value")
+        key, raw = item.split("=", 1)
+        key = key.strip().lstrip("-")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override '{item}': value is not valid YAML ({e})") from None
+        out.append((key, value))
+    return out
+
+
+def config_from_dict(data: dict, overrides: Optional[list[str]] = None) -> RunConfig:
+    data = dict(data or {})
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(data, key, value)
+    return _build(RunConfig, data)
+
+
+def load_config(
+    path: Optional[str | Path] = None,
+    overrides: Optional[list[str]] = None,
+    world_size: Optional[int] = None,
+) -> RunConfig:
+    """Read YAML (optional), apply overrides, type-check and validate."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    cfg = config_from_dict(data, overrides)
+    return cfg.validate(world_size)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field -> one-line doc, read from the string literal after each field (for --help and docs)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = str(nxt.value.value)
+    return docs
+
+
+# --------------------------------------------------------------------------------------------------
+# Cross-field validation
+# --------------------------------------------------------------------------------------------------
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
+    """Impossible combinations, each reported with the key that has to change."""
+    from megatron_mmr1.models.presets import resolve_model_dims
+
+    p, t = cfg.parallel, cfg.training
+    _check(p.tp >= 1, f"parallel.tp={p.tp} must be >= 1")
+    _check(p.pp >= 1, f"parallel.pp={p.pp} must be >= 1")
+
+    dims = resolve_model_dims(cfg.model)
+    heads, groups, layers = dims["num_attention_heads"], dims["num_query_groups"], dims["num_layers"]
+    _check(heads % groups == 0, f"model.num_query_groups={groups} does not divide num_attention_heads={heads}")
+    _check(heads % p.tp == 0, f"parallel.tp={p.tp} does not divide model.num_attention_heads={heads}")
+    _check(groups % p.tp == 0, f"parallel.tp={p.tp} does not divide model.num_query_groups={groups}")
+    _check(dims["ffn_hidden_size"] % p.tp == 0,
+           f"parallel.tp={p.tp} does not divide model.ffn_hidden_size={dims['ffn_hidden_size']}")
+    _check(p.pp <= layers, f"parallel.pp={p.pp} is larger than model.num_layers={layers}")
+
+    dp = None
+    if world_size is not None:
+        _check(world_size % (p.tp * p.pp) == 0,
+               f"world size {world_size} is not divisible by parallel.tp*parallel.pp={p.tp * p.pp}")
+        dp = world_size // (p.tp * p.pp)
+
+    for name in ("rollout_batch_size", "global_batch_size", "micro_batch_size", "train_iters"):
+        _check(getattr(t, name) >= 1, f"training.{name}={getattr(t, name)} must be >= 1")
+    _check(t.global_batch_size % t.micro_batch_size == 0,
+           f"training.global_batch_size={t.global_batch_size} is not a multiple of "
+           f"training.micro_batch_size={t.micro_batch_size}")
+    if dp is not None:
+        _check(t.global_batch_size % (t.micro_batch_size * dp) == 0,
+               f"training.global_batch_size={t.global_batch_size} is not a multiple of "
+               f"micro_batch_size*dp={t.micro_batch_size}*{dp}")
+    if t.mode == "grpo":
+        samples = t.rollout_batch_size * cfg.rollout.n
+        _check(samples % t.global_batch_size == 0,
+               f"training.global_batch_size={t.global_batch_size} does not divide the "
+               f"{samples} responses of a step (rollout_batch_size*rollout.n)")
+        _check(cfg.rollout.n >= 1, f"rollout.n={cfg.rollout.n} must be >= 1")
+
+    _check(0.0 <= cfg.sampler.lam <= 1.0, f"sampler.lam={cfg.sampler.lam} must be in [0, 1]")
+    _check(0.0 <= cfg.vps.momentum < 1.0, f"vps.momentum={cfg.vps.momentum} must be in [0, 1)")
+    _check(cfg.vps.alpha >= 0 and cfg.vps.beta >= 0 and cfg.vps.alpha + cfg.vps.beta > 0,
+           f"vps.alpha={cfg.vps.alpha}, vps.beta={cfg.vps.beta}: need non-negative weights, not both 0")
+    known_tds = {"self_bleu", "distinct_n", "edit_distance"}
+    for m in cfg.vps.tds_metrics:
+        _check(m in known_tds, f"vps.tds_metrics: unknown metric '{m}' (known: {sorted(known_tds)})")
+    _check(cfg.vps.beta == 0 or cfg.vps.tds_metrics, "vps.beta > 0 needs at least one vps.tds_metrics entry")
+    _check(cfg.vps.update_interval >= 1, f"vps.update_interval={cfg.vps.update_interval} must be >= 1")
+    _check(cfg.vps.num_rollouts >= 2, f"vps.num_rollouts={cfg.vps.num_rollouts} must be >= 2 (variance)")
+
+    a = cfg.algorithm
+    _check(0 <= a.clip_ratio_low < 1, f"algorithm.clip_ratio_low={a.clip_ratio_low} must be in [0, 1)")
+    _check(a.clip_ratio_high >= 0, f"algorithm.clip_ratio_high={a.clip_ratio_high} must be >= 0")
+    _check(a.clip_ratio_c is None or a.clip_ratio_c > 1,
+           f"algorithm.clip_ratio_c={a.clip_ratio_c} must be > 1 (dual clip)")
+    _check(cfg.data.min_pixels <= cfg.data.max_pixels,
+           f"data.min_pixels={cfg.data.min_pixels} exceeds data.max_pixels={cfg.data.max_pixels}")
+    _check(cfg.rollout.temperature > 0, f"rollout.temperature={cfg.rollout.temperature} must be > 0")
+    _check(0 < cfg.rollout.top_p <= 1, f"rollout.top_p={cfg.rollout.top_p} must be in (0, 1]")

@@ -1,0 +1,58 @@
+"""megatron-mmr1: Megatron-style trainer for MMR1 (long-CoT SFT + GRPO with Variance-Aware Sampling)."""
+
+from setuptools import find_packages, setup
+
+BASE = [
+    "torch>=2.6",  # CPU build via constraints/cpu.txt; CUDA build on GPU machines
+    "megatron-core>=0.16.1",  # TP/PP model, schedules, optimizer, dist checkpointing
+    "triton==3.8.0",  # fused GRPO-loss / VPS kernels (interpreter on CPU); torch 2.14.1 pins 3.8
+    "pyyaml",  # run configs
+    "tensorboard",  # metrics
+    "transformers>=4.50",  # HF Qwen2.5-VL reference model, tokenizer, image-processor parity
+    "safetensors",  # HF checkpoint I/O
+    "pillow",  # CPU image decoding
+    "numpy",
+    "pyarrow",  # parquet datasets
+    "math-verify>=0.7",  # accuracy reward
+    "tqdm",  # progress bars
+    "einops",  # needed by megatron-core / mbridge model code
+    "aiohttp",  # async rollout client + CPU stand-in rollout server
+    "requests",  # simple synchronous SGLang admin calls
+]
+
+EXTRAS = {
+    # GPU clusters only: these pull CUDA builds (sglang hard-pins torch==2.14.1).
+    "gpu": [
+        "transformer-engine[pytorch]",
+        "sglang[all]",
+        "sglang-router",
+        "nvidia-dali-cuda120",
+        "flash-attn",
+    ],
+    "dev": [
+        "pytest",
+        "nltk",  # reference definition of self-BLEU in tests and benchmarks
+        "Levenshtein",  # reference edit distance in benchmarks
+        "matplotlib",  # VAS simulation figures
+        "sglang-router",  # real router in front of CPU stand-in servers in tests
+    ],
+}
+
+setup(
+    name="megatron-mmr1",
+    version="0.1.0",
+    description="Megatron-core trainer for multimodal reasoning: long-CoT SFT + GRPO with Variance-Aware Sampling (MMR1)",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megatron_mmr1", "megatron_mmr1.*"])
+    + ["mmr1_kernels"]
+    + ["mmr1_kernels." + p for p in find_packages("kernels")],
+    package_dir={"mmr1_kernels": "kernels"},
+    install_requires=BASE,
+    extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "mmr1-train=megatron_mmr1.cli:main",
+            "mmr1-convert=megatron_mmr1.models.convert:main",
+        ]
+    },
+)
