@@ -1,0 +1,334 @@
+"""Variance Promotion Score statistics for G groups of N rollouts (ragged token-id sequences).
+
+Public functions (all return float64 tensors of shape [G] on the input device, CPU for Python lists):
+
+- ``pass_rate_variance(rewards [G, N])``: p (1 - p), p = mean of the 0/1 accuracies of a group (OVS).
+- ``distinct_n(groups, n)``: unique n-grams / all n-grams over the N sequences of a group, n in 1..4.
+- ``self_bleu(groups, max_n)``: mean over the N sequences of NLTK ``sentence_bleu(others, seq,
+  weights=(1/max_n,)*max_n, smoothing_function=SmoothingFunction().method1)``, computed exactly.
+- ``edit_distance(groups)``: mean over pairs i < j of Levenshtein(seq_i, seq_j) / max(len_i, len_j).
+
+Edge cases (documented in docs/kernels.md):
+- a group with fewer than 2 sequences has no diversity between rollouts: self_bleu = 1.0,
+  edit_distance = 0.0; distinct_n is still defined over its single sequence.
+- a group with no n-gram at all (all sequences shorter than n) has distinct_n = 0.0.
+- empty sequences follow NLTK: an empty hypothesis scores BLEU 0; two empty sequences are at edit
+  distance 0 (normalised 0/0 := 0).
+
+Implementation: all sequences are packed into one flat token tensor. n-gram ids are built exactly by
+iterated rank compression (id_k = rank of (id_{k-1}, token) pairs), so no hash collisions and no
+overflow for any vocabulary. Counting is sort/unique/scatter in torch (CPU or GPU). Edit distance is
+Hyyro's bit-parallel Levenshtein vectorised over all pairs and 64-bit words (carry look-ahead as a
+Kogge-Stone scan), in torch; on CPU the C ``Levenshtein`` package is used instead when installed
+(it runs the same bit-parallel algorithm per pair, faster than tensor ops on a CPU).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+
+_MIN64 = -(2**63)
+
+
+@dataclass
+class PackedGroups:
+    """Flat view of ragged groups: tokens of all sequences back to back."""
+
+    tokens: torch.Tensor  # [M] int64, all sequences concatenated
+    seq_lens: torch.Tensor  # [S] int64
+    seq_group: torch.Tensor  # [S] int64, group index of each sequence
+    group_sizes: torch.Tensor  # [G] int64, N of each group (ragged N allowed)
+
+    @property
+    def num_groups(self) -> int:
+        return int(self.group_sizes.numel())
+
+    @property
+    def device(self) -> torch.device:
+        return self.tokens.device
+
+
+GroupsLike = Union[PackedGroups, Sequence[Sequence[Sequence[int]]]]
+
+
+def pack_groups(groups: GroupsLike, device: torch.device | str | None = None) -> PackedGroups:
+    """Pack a list (G) of lists (N) of token-id sequences (lists, numpy arrays or 1-D tensors)."""
+    if isinstance(groups, PackedGroups):
+        return groups if device is None else PackedGroups(*(t.to(device) for t in _fields(groups)))
+    group_sizes = [len(g) for g in groups]
+    seqs = [s for g in groups for s in g]
+    if seqs and isinstance(seqs[0], torch.Tensor):
+        dev = seqs[0].device if device is None else device
+        lens = torch.tensor([int(s.numel()) for s in seqs], dtype=torch.int64)
+        tokens = torch.cat([s.reshape(-1).to(torch.int64) for s in seqs]).to(dev)
+    else:
+        dev = "cpu" if device is None else device
+        lens_np = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+        tokens_np = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=int(lens_np.sum()))
+        lens, tokens = torch.from_numpy(lens_np), torch.from_numpy(tokens_np).to(dev)
+    sizes = torch.tensor(group_sizes, dtype=torch.int64)
+    seq_group = torch.repeat_interleave(torch.arange(len(group_sizes)), sizes)
+    if tokens.numel() and int(tokens.min()) < 0:
+        raise ValueError("token ids must be >= 0")
+    return PackedGroups(tokens, lens.to(tokens.device), seq_group.to(tokens.device), sizes.to(tokens.device))
+
+
+def _fields(p: PackedGroups):
+    return p.tokens, p.seq_lens, p.seq_group, p.group_sizes
+
+
+# ---------------------------------------------------------------------------------------------
+# n-gram ids
+# ---------------------------------------------------------------------------------------------
+
+
+def _ngram_ids(p: PackedGroups, max_n: int) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """For k = 1..max_n: (ids [M_k], seq [M_k], K_k): exact dense ids of every k-gram start, the
+    sequence it belongs to, and the number of distinct ids. Exact: ids are ranks, never hashes."""
+    dev = p.device
+    tok_seq = torch.repeat_interleave(torch.arange(p.seq_lens.numel(), device=dev), p.seq_lens)  # [M]
+    starts = torch.cumsum(p.seq_lens, 0) - p.seq_lens  # [S]
+    pos = torch.arange(p.tokens.numel(), device=dev) - starts[tok_seq]  # [M] position in sequence
+    remaining = p.seq_lens[tok_seq] - pos  # [M] tokens from here to the end of the sequence
+    uni, id1 = torch.unique(p.tokens, return_inverse=True)  # [M] rank of each token
+    k1 = int(uni.numel())
+    out = []
+    ids = id1
+    k_prev = k1
+    for k in range(1, max_n + 1):
+        valid = remaining >= k  # [M] a k-gram starts here
+        if k > 1:
+            # id_k(p) = rank of (id_{k-1}(p), id_1(p + k - 1)); only for valid starts
+            nxt = torch.zeros_like(id1)
+            nxt[:-(k - 1)] = id1[k - 1 :]
+            key = ids * k1 + nxt
+            key = torch.where(valid, key, torch.full_like(key, -1))
+            uk, inv = torch.unique(key[valid], return_inverse=True)
+            ids = torch.full_like(key, 0)
+            ids[valid] = inv
+            k_prev = int(uk.numel())
+        out.append((ids[valid], tok_seq[valid], max(k_prev, 1)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# public statistics
+# ---------------------------------------------------------------------------------------------
+
+
+def pass_rate_variance(rewards: torch.Tensor) -> torch.Tensor:
+    """OVS: p (1 - p) with p the mean 0/1 accuracy of each group. rewards: [G, N] -> [G] float64."""
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must be [G, N], got shape {tuple(rewards.shape)}")
+    p = rewards.to(torch.float64).mean(dim=1)
+    return p * (1.0 - p)
+
+
+def distinct_n(groups: GroupsLike, n: int = 3) -> torch.Tensor:
+    """Unique n-grams / all n-grams, pooled over the sequences of each group. -> [G] float64."""
+    if not 1 <= n <= 4:
+        raise ValueError(f"distinct_n supports n in 1..4, got {n}")
+    p = pack_groups(groups)
+    G = p.num_groups
+    ids, seq, K = _ngram_ids(p, n)[n - 1]
+    grp = p.seq_group[seq]  # [M_n]
+    total = torch.bincount(grp, minlength=G).to(torch.float64)  # [G]
+    uniq_keys = torch.unique(grp * K + ids)
+    uniq = torch.bincount(uniq_keys // K, minlength=G).to(torch.float64)  # [G]
+    return torch.where(total > 0, uniq / total.clamp(min=1.0), torch.zeros_like(total))
+
+
+def self_bleu(groups: GroupsLike, max_n: int = 3) -> torch.Tensor:
+    """Mean NLTK sentence-BLEU (uniform weights over 1..max_n, smoothing method1, epsilon 0.1) of each
+    sequence against the other sequences of its group. -> [G] float64."""
+    if max_n < 1:
+        raise ValueError("max_n must be >= 1")
+    p = pack_groups(groups)
+    dev, G, S = p.device, p.num_groups, int(p.seq_lens.numel())
+    lens = p.seq_lens
+    num = torch.zeros(max_n, S, dtype=torch.float64, device=dev)  # clipped matches per order
+    for k, (ids, seq, K) in enumerate(_ngram_ids(p, max_n)):
+        # counts c_i(u) of n-gram u in sequence i
+        keys, cnt = torch.unique(seq * K + ids, return_counts=True)  # sorted by (seq, id)
+        s_i, u = keys // K, keys % K
+        g = p.seq_group[s_i]
+        # top-2 counts of u over the sequences of its group: sort by (group, u), counts descending
+        order = torch.sort(cnt, descending=True, stable=True).indices
+        order = order[torch.sort((g * K + u)[order], stable=True).indices]
+        gk, c_sorted = (g * K + u)[order], cnt[order]
+        first = torch.ones_like(gk, dtype=torch.bool)
+        first[1:] = gk[1:] != gk[:-1]
+        seg = torch.cumsum(first.to(torch.int64), 0) - 1  # segment index of each entry
+        seg_start = torch.nonzero(first).squeeze(1)
+        max1 = c_sorted[seg_start]
+        has2 = torch.zeros_like(first)
+        has2[:-1] = ~first[1:]
+        second_pos = seg_start + 1
+        max2 = torch.where(has2[seg_start], c_sorted[second_pos.clamp(max=c_sorted.numel() - 1)], 0)
+        m1, m2 = max1[seg], max2[seg]
+        other = torch.where(c_sorted == m1, m2, m1)  # max count of u over the *other* sequences
+        clipped = torch.minimum(c_sorted, other).to(torch.float64)
+        num[k].index_add_(0, s_i[order], clipped)
+    orders = torch.arange(1, max_n + 1, device=dev, dtype=torch.int64)[:, None]  # [max_n, 1]
+    den = (lens[None, :] - orders + 1).clamp(min=1).to(torch.float64)  # [max_n, S]
+    prec = torch.where(num > 0, num / den, 0.1 / den)  # smoothing method1
+    log_mean = torch.log(prec).sum(0) / max_n  # [S]
+    # brevity penalty against the closest other length (ties -> the shorter reference)
+    Nmax = int(p.group_sizes.max()) if G else 0
+    starts = torch.cumsum(p.group_sizes, 0) - p.group_sizes  # [G]
+    idx_in_group = torch.arange(S, device=dev) - starts[p.seq_group]  # [S]
+    L = torch.full((G, max(Nmax, 1)), -1, dtype=torch.int64, device=dev)  # [G, Nmax], -1 = pad
+    L[p.seq_group, idx_in_group] = lens
+    Lo = L[p.seq_group]  # [S, Nmax] lengths of the group's sequences
+    bad = (Lo < 0) | (torch.arange(Lo.shape[1], device=dev)[None, :] == idx_in_group[:, None])
+    key = (Lo - lens[:, None]).abs() * (2**31) + Lo
+    key = torch.where(bad, torch.full_like(key, 2**62), key)
+    ref = Lo.gather(1, key.argmin(1, keepdim=True)).squeeze(1).to(torch.float64)  # [S]
+    c = lens.to(torch.float64)
+    bp = torch.where(c > ref, torch.ones_like(c), torch.exp(1.0 - ref / c.clamp(min=1.0)))
+    bp = torch.where(c == 0, torch.zeros_like(c), bp)
+    bleu = torch.where(num[0] > 0, bp * torch.exp(log_mean), torch.zeros_like(c))  # [S]
+    per_group = torch.zeros(G, dtype=torch.float64, device=dev).index_add_(0, p.seq_group, bleu)
+    sizes = p.group_sizes.to(torch.float64)
+    return torch.where(p.group_sizes >= 2, per_group / sizes.clamp(min=1.0), torch.ones_like(sizes))
+
+
+def edit_distance(groups: GroupsLike, backend: str = "auto") -> torch.Tensor:
+    """Mean over pairs i < j of Levenshtein(seq_i, seq_j) / max(len_i, len_j). -> [G] float64.
+
+    backend: "auto" (C ``Levenshtein`` on CPU when installed, else torch), "torch", "levenshtein".
+    """
+    p = pack_groups(groups)
+    G, dev = p.num_groups, p.device
+    starts = torch.cumsum(p.group_sizes, 0) - p.group_sizes
+    pi, pj, pg = [], [], []
+    for g, (s0, n) in enumerate(zip(starts.tolist(), p.group_sizes.tolist())):
+        if n >= 2:
+            a, b = torch.triu_indices(n, n, offset=1)
+            pi.append(a + s0), pj.append(b + s0), pg.append(torch.full_like(a, g))
+    out = torch.zeros(G, dtype=torch.float64, device=dev)
+    if not pi:
+        return out
+    pi, pj, pg = (torch.cat(x).to(dev) for x in (pi, pj, pg))
+    if backend == "auto":
+        backend = "levenshtein" if dev.type == "cpu" and _has_levenshtein() else "torch"
+    if backend == "levenshtein":
+        dist = _pairs_levenshtein_c(p, pi, pj)
+    elif backend == "torch":
+        dist = _pairs_levenshtein_torch(p, pi, pj)
+    else:
+        raise ValueError(f"unknown edit_distance backend '{backend}'")
+    norm = torch.maximum(p.seq_lens[pi], p.seq_lens[pj]).to(torch.float64)
+    d = torch.where(norm > 0, dist.to(torch.float64) / norm.clamp(min=1.0), torch.zeros_like(norm))
+    out.index_add_(0, pg, d)
+    npairs = (p.group_sizes * (p.group_sizes - 1) // 2).to(torch.float64)
+    return torch.where(npairs > 0, out / npairs.clamp(min=1.0), out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Levenshtein of many pairs
+# ---------------------------------------------------------------------------------------------
+
+
+def _has_levenshtein() -> bool:
+    try:
+        import Levenshtein  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _pairs_levenshtein_c(p: PackedGroups, pi: torch.Tensor, pj: torch.Tensor) -> torch.Tensor:
+    import Levenshtein
+
+    starts = (torch.cumsum(p.seq_lens, 0) - p.seq_lens).tolist()
+    lens = p.seq_lens.tolist()
+    toks = p.tokens.cpu().numpy()
+    seqs = [toks[s : s + n].tolist() for s, n in zip(starts, lens)]
+    d = [Levenshtein.distance(seqs[i], seqs[j]) for i, j in zip(pi.tolist(), pj.tolist())]
+    return torch.tensor(d, dtype=torch.int64, device=p.device)
+
+
+def _add_multiword(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(x + y) over little-endian multiword integers [P, W] of int64 words (two's complement = the
+    unsigned bits), carries by a Kogge-Stone scan over the words."""
+    s = x + y  # wraps
+    gen = (s ^ _MIN64) < (x ^ _MIN64)  # unsigned overflow of the word
+    prop = s == -1  # all ones: an incoming carry passes through
+    W = x.shape[1]
+    d = 1
+    while d < W:
+        gen = gen.clone()
+        gen[:, d:] = gen[:, d:] | (prop[:, d:] & gen[:, :-d])
+        prop = prop.clone()
+        prop[:, d:] = prop[:, d:] & prop[:, :-d]
+        prop[:, :d] = False
+        d *= 2
+    carry = torch.zeros_like(s)
+    carry[:, 1:] = gen[:, :-1].to(s.dtype)  # carry into word w = prefix generate of words < w
+    return s + carry
+
+
+def _shl1(x: torch.Tensor, fill: int) -> torch.Tensor:
+    """Shift a multiword integer [P, W] left by one bit; ``fill`` enters bit 0 of word 0."""
+    top = (x < 0).to(x.dtype)  # bit 63 of each word
+    out = x << 1
+    out[:, 1:] |= top[:, :-1]
+    out[:, 0] |= fill
+    return out
+
+
+def _pairs_levenshtein_torch(
+    p: PackedGroups, pi: torch.Tensor, pj: torch.Tensor, max_elems: int = 1 << 24
+) -> torch.Tensor:
+    """Hyyro's bit-parallel Levenshtein (pattern seq_i, text seq_j), vectorised over pairs and words."""
+    dev = p.device
+    starts = torch.cumsum(p.seq_lens, 0) - p.seq_lens
+    m_all, n_all = p.seq_lens[pi], p.seq_lens[pj]
+    out = torch.empty(pi.numel(), dtype=torch.int64, device=dev)
+    Lm = int(m_all.max()) if pi.numel() else 0
+    W = max(1, -(-Lm // 64))
+    chunk = max(1, max_elems // (W * 64))
+    shifts = torch.arange(64, device=dev, dtype=torch.int64)
+    for c0 in range(0, pi.numel(), chunk):
+        sl = slice(c0, c0 + chunk)
+        a_idx, b_idx, m, n = pi[sl], pj[sl], m_all[sl], n_all[sl]
+        P = a_idx.numel()
+        col = torch.arange(W * 64, device=dev)
+        pat = torch.full((P, W * 64), -1, dtype=torch.int64, device=dev)  # [P, W*64], -1 = pad
+        mask = col[None, :] < m[:, None]
+        pat[mask] = p.tokens[(starts[a_idx][:, None] + col[None, :])[mask]]
+        Ln = int(n.max())
+        txt_col = torch.arange(max(Ln, 1), device=dev)
+        txt = torch.full((P, max(Ln, 1)), -2, dtype=torch.int64, device=dev)  # [P, Ln], -2 = pad
+        tmask = txt_col[None, :] < n[:, None]
+        txt[tmask] = p.tokens[(starts[b_idx][:, None] + txt_col[None, :])[tmask]]
+        pv = torch.full((P, W), -1, dtype=torch.int64, device=dev)
+        mv = torch.zeros((P, W), dtype=torch.int64, device=dev)
+        score = m.clone()
+        last_w = ((m - 1).clamp(min=0) // 64)[:, None]  # word of bit m-1
+        last_b = ((m - 1).clamp(min=0) % 64)
+        rows = torch.arange(P, device=dev)
+        for j in range(Ln):
+            eq_bits = (pat == txt[:, j : j + 1]).view(P, W, 64).to(torch.int64) << shifts
+            eq = eq_bits.sum(-1)  # [P, W] packed equality mask (distinct bits: sum == or)
+            xv = eq | mv
+            xh = (_add_multiword(eq & pv, pv) ^ pv) | eq
+            ph = mv | ~(xh | pv)
+            mh = pv & xh
+            ph_last = (ph[rows, last_w[:, 0]] >> last_b) & 1
+            mh_last = (mh[rows, last_w[:, 0]] >> last_b) & 1
+            active = (j < n) & (m > 0)
+            score = score + torch.where(active, ph_last - mh_last, torch.zeros_like(score))
+            ph = _shl1(ph, 1)
+            mh = _shl1(mh, 0)
+            pv = mh | ~(xv | ph)
+            mv = ph & xv
+        out[sl] = torch.where(m == 0, n, score)
+    return out
