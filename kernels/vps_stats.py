@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 _MIN64 = -(2**63)
+_PACK_LIMIT = 2**62  # bound on packed n-gram keys (tests lower it to exercise rank compression)
 
 
 @dataclass
@@ -88,33 +89,63 @@ def _fields(p: PackedGroups):
 # ---------------------------------------------------------------------------------------------
 
 
-def _ngram_ids(p: PackedGroups, max_n: int) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
-    """For k = 1..max_n: (ids [M_k], seq [M_k], K_k): exact dense ids of every k-gram start, the
-    sequence it belongs to, and the number of distinct ids. Exact: ids are ranks, never hashes."""
+def _ngram_ids(p: PackedGroups, max_n: int, mult: int) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """For k = 1..max_n: (ids [M_k], seq [M_k], K_k): an exact id of every k-gram start (K_k > every id),
+    and the sequence it starts in. Ids are packed token ranks while K_k * mult fits in int64, else
+    dense ranks of (id_{k-1}, token) pairs: exact for any vocabulary, never hashes."""
     dev = p.device
     tok_seq = torch.repeat_interleave(torch.arange(p.seq_lens.numel(), device=dev), p.seq_lens)  # [M]
     starts = torch.cumsum(p.seq_lens, 0) - p.seq_lens  # [S]
     pos = torch.arange(p.tokens.numel(), device=dev) - starts[tok_seq]  # [M] position in sequence
     remaining = p.seq_lens[tok_seq] - pos  # [M] tokens from here to the end of the sequence
-    uni, id1 = torch.unique(p.tokens, return_inverse=True)  # [M] rank of each token
-    k1 = int(uni.numel())
+    if p.tokens.numel() and int(p.tokens.max()) < 4 * p.tokens.numel() + 2**20:  # dense-ish ids
+        present = torch.bincount(p.tokens) > 0  # [V]
+        rank = torch.cumsum(present.to(torch.int64), 0) - 1
+        id1, k1 = rank[p.tokens], int(present.sum())  # [M] rank of each token among those used
+    else:
+        uni, id1 = torch.unique(p.tokens, return_inverse=True)
+        k1 = int(uni.numel())
+    k1 = max(k1, 1)
     out = []
-    ids = id1
-    k_prev = k1
+    ids, K = id1, k1
+    limit = _PACK_LIMIT // max(mult, 1)
     for k in range(1, max_n + 1):
         valid = remaining >= k  # [M] a k-gram starts here
         if k > 1:
-            # id_k(p) = rank of (id_{k-1}(p), id_1(p + k - 1)); only for valid starts
             nxt = torch.zeros_like(id1)
-            nxt[:-(k - 1)] = id1[k - 1 :]
-            key = ids * k1 + nxt
-            key = torch.where(valid, key, torch.full_like(key, -1))
-            uk, inv = torch.unique(key[valid], return_inverse=True)
-            ids = torch.full_like(key, 0)
-            ids[valid] = inv
-            k_prev = int(uk.numel())
-        out.append((ids[valid], tok_seq[valid], max(k_prev, 1)))
+            nxt[: -(k - 1)] = id1[k - 1 :]  # token k-1 places ahead (garbage where not valid)
+            if K * k1 <= limit:  # packed: id_k = id_{k-1} * k1 + token
+                ids, K = ids * k1 + nxt, K * k1
+            else:  # rank-compress the valid (id_{k-1}, token) pairs
+                uk, inv = torch.unique((ids * k1 + nxt)[valid], return_inverse=True) if K * k1 < 2**62 else \
+                    torch.unique(torch.stack([ids, nxt], 1)[valid], dim=0, return_inverse=True)
+                ids = torch.zeros_like(id1)
+                ids[valid] = inv
+                K = max(int(uk.shape[0]), 1)
+        out.append((ids[valid], tok_seq[valid], K))
     return out
+
+
+def _sort(x: torch.Tensor) -> torch.Tensor:
+    """Sorted values; numpy's sort is several times faster than torch's on CPU int64."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.sort(x.numpy()))
+    return torch.sort(x).values
+
+
+def _runs(p: PackedGroups, ids: torch.Tensor, seq: torch.Tensor, K: int):
+    """Count each n-gram per sequence with one sort of key = id * S + seq.
+    Returns per run (n-gram u, sequence s): u [R], s [R], count [R], and seg [R]: index of the
+    (u, group) segment of the run (runs of one n-gram within one group are contiguous)."""
+    S = int(p.seq_lens.numel())
+    keys = _sort(ids * S + seq)  # [M_n], sorted by (u, s); groups own contiguous s
+    run_key, cnt = torch.unique_consecutive(keys, return_counts=True)  # [R]
+    u, s = run_key // S, run_key % S
+    g = p.seq_group[s]
+    new = torch.ones_like(u, dtype=torch.bool)
+    new[1:] = (u[1:] != u[:-1]) | (g[1:] != g[:-1])
+    seg = torch.cumsum(new.to(torch.int64), 0) - 1  # [R]
+    return u, s, g, cnt, seg, new
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,11 +167,10 @@ def distinct_n(groups: GroupsLike, n: int = 3) -> torch.Tensor:
         raise ValueError(f"distinct_n supports n in 1..4, got {n}")
     p = pack_groups(groups)
     G = p.num_groups
-    ids, seq, K = _ngram_ids(p, n)[n - 1]
-    grp = p.seq_group[seq]  # [M_n]
-    total = torch.bincount(grp, minlength=G).to(torch.float64)  # [G]
-    uniq_keys = torch.unique(grp * K + ids)
-    uniq = torch.bincount(uniq_keys // K, minlength=G).to(torch.float64)  # [G]
+    ids, seq, K = _ngram_ids(p, n, int(p.seq_lens.numel()))[n - 1]
+    total = torch.bincount(p.seq_group[seq], minlength=G).to(torch.float64)  # [G] all n-grams
+    _, _, g, _, _, new = _runs(p, ids, seq, K)
+    uniq = torch.bincount(g[new], minlength=G).to(torch.float64)  # [G] distinct (u, group) segments
     return torch.where(total > 0, uniq / total.clamp(min=1.0), torch.zeros_like(total))
 
 
@@ -153,28 +183,18 @@ def self_bleu(groups: GroupsLike, max_n: int = 3) -> torch.Tensor:
     dev, G, S = p.device, p.num_groups, int(p.seq_lens.numel())
     lens = p.seq_lens
     num = torch.zeros(max_n, S, dtype=torch.float64, device=dev)  # clipped matches per order
-    for k, (ids, seq, K) in enumerate(_ngram_ids(p, max_n)):
-        # counts c_i(u) of n-gram u in sequence i
-        keys, cnt = torch.unique(seq * K + ids, return_counts=True)  # sorted by (seq, id)
-        s_i, u = keys // K, keys % K
-        g = p.seq_group[s_i]
-        # top-2 counts of u over the sequences of its group: sort by (group, u), counts descending
-        order = torch.sort(cnt, descending=True, stable=True).indices
-        order = order[torch.sort((g * K + u)[order], stable=True).indices]
-        gk, c_sorted = (g * K + u)[order], cnt[order]
-        first = torch.ones_like(gk, dtype=torch.bool)
-        first[1:] = gk[1:] != gk[:-1]
-        seg = torch.cumsum(first.to(torch.int64), 0) - 1  # segment index of each entry
-        seg_start = torch.nonzero(first).squeeze(1)
-        max1 = c_sorted[seg_start]
-        has2 = torch.zeros_like(first)
-        has2[:-1] = ~first[1:]
-        second_pos = seg_start + 1
-        max2 = torch.where(has2[seg_start], c_sorted[second_pos.clamp(max=c_sorted.numel() - 1)], 0)
-        m1, m2 = max1[seg], max2[seg]
-        other = torch.where(c_sorted == m1, m2, m1)  # max count of u over the *other* sequences
-        clipped = torch.minimum(c_sorted, other).to(torch.float64)
-        num[k].index_add_(0, s_i[order], clipped)
+    for k, (ids, seq, K) in enumerate(_ngram_ids(p, max_n, S)):
+        u, s, g, c, seg, new = _runs(p, ids, seq, K)  # c = count of n-gram u in sequence s
+        nseg = int(seg[-1]) + 1 if seg.numel() else 0
+        # per (u, group): the largest count, how many sequences reach it, and the largest count below it
+        max1 = torch.zeros(nseg, dtype=c.dtype, device=dev).scatter_reduce_(0, seg, c, "amax")
+        at_max = c == max1[seg]
+        n_at_max = torch.zeros(nseg, dtype=c.dtype, device=dev).index_add_(0, seg, at_max.to(c.dtype))
+        below = torch.where(at_max, torch.zeros_like(c), c)
+        max2 = torch.zeros(nseg, dtype=c.dtype, device=dev).scatter_reduce_(0, seg, below, "amax")
+        # max count of u over the *other* sequences of the group (NLTK max_counts over references)
+        other = torch.where(at_max, torch.where(n_at_max[seg] >= 2, max1[seg], max2[seg]), max1[seg])
+        num[k].index_add_(0, s, torch.minimum(c, other).to(torch.float64))
     orders = torch.arange(1, max_n + 1, device=dev, dtype=torch.int64)[:, None]  # [max_n, 1]
     den = (lens[None, :] - orders + 1).clamp(min=1).to(torch.float64)  # [max_n, S]
     prec = torch.where(num > 0, num / den, 0.1 / den)  # smoothing method1

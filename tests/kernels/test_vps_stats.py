@@ -159,3 +159,13 @@ def test_gpu_matches_cpu():
         (edit_distance(packed), edit_distance(groups, backend="torch")),
     ]:
         torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-9)
+
+
+def test_rank_compression_path(monkeypatch):
+    # force the exact rank-compression of n-gram ids (used when packed ids would overflow int64)
+    import mmr1_kernels.vps_stats as vs
+
+    monkeypatch.setattr(vs, "_PACK_LIMIT", 64)
+    groups = random_groups(6, vocab=9) + EDGE
+    _close(vs.self_bleu(groups, 4), ref_self_bleu(groups, 4))
+    _close(vs.distinct_n(groups, 4), ref_distinct_n(groups, 4))
