@@ -1,0 +1,257 @@
+"""Random-access RL and SFT datasets over MMR1 records.
+
+``RLDataset[i] -> Sample`` (prompt text, prompt ids with expanded image pads, answer, raw images,
+pixel_values, image_grid_thw, metadata with the source file/line). The GRPO trainer picks indices with
+the VAS sampler and calls :meth:`RLDataset.get_batch`; the epoch loader in
+:mod:`megatron_mmr1.data.loader` serves the same datasets through worker processes.
+
+Cheap checks run once at construction (fields, image headers: readable, pixel limit, aspect ratio;
+prompt length with the image-token counts the headers imply), so that with ``on_bad_record=skip``
+most bad records never get an index. A truncated image body shows only on decoding: then
+``get_batch`` skips the record and reports it (``SampleBatch.skipped``), and ``dataset[i]`` raises.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from megatron_mmr1.data.chat import ChatFormatter, PromptError
+from megatron_mmr1.data.records import BadRecordError, BadRecords, Record, read_records
+from megatron_mmr1.data.sample import Sample
+from megatron_mmr1.data.vision import (
+    ImageError,
+    ImageProcessor,
+    PillowImageProcessor,
+    ProcessedImages,
+    VisionSpec,
+    describe,
+    open_image,
+    oriented_size,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SampleBatch:
+    """What a batch fetch returns: the good samples plus the records skipped on the way."""
+
+    samples: list[Any]
+    skipped: list[BadRecordError] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __iter__(self):
+        return iter(self.samples)
+
+
+@dataclass
+class SFTExample:
+    """One tokenised SFT conversation (labels aligned with input_ids; -100 outside assistant turns)."""
+
+    index: int
+    input_ids: list[int]
+    labels: list[int]
+    pixel_values: Optional[torch.Tensor]
+    image_grid_thw: Optional[torch.Tensor]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def _image_token_counts(rec: Record, spec: VisionSpec) -> list[int]:
+    """Image-token counts from the headers only (no decoding); raises ImageError."""
+    counts = []
+    for src in rec.images:
+        img = open_image(src, spec)
+        h, w = oriented_size(img)
+        counts.append(spec.num_image_tokens(h, w))
+    return counts
+
+
+class _RecordDataset(torch.utils.data.Dataset):
+    """Shared parts: reading, up-front validation, image processing with record-named errors."""
+
+    kind = "rl"
+
+    def __init__(
+        self,
+        cfg: Any,
+        tokenizer: Any,
+        files: Optional[Sequence[str]] = None,
+        image_processor: Optional[ImageProcessor] = None,
+        formatter: Optional[ChatFormatter] = None,
+        bad: Optional[BadRecords] = None,
+    ):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.spec = image_processor.spec if image_processor is not None else VisionSpec.from_config(cfg)
+        self.image_processor = image_processor or PillowImageProcessor(self.spec)
+        self.formatter = formatter or ChatFormatter.from_config(tokenizer, cfg, merge_size=self.spec.merge_size)
+        self.bad = bad or BadRecords(cfg.on_bad_record)
+        files = list(files if files is not None else cfg.train_files)
+        records = read_records(files, self.kind, cfg, self.bad)
+        self.records: list[Record] = []
+        self._ids: list[np.ndarray] = []
+        self._labels: list[Optional[np.ndarray]] = []
+        self._image_tokens: list[list[int]] = []
+        self._prompts: list[str] = []
+        for rec in records:
+            try:
+                ids, labels, counts, prompt = self._prepare(rec)
+            except BadRecordError as e:
+                self.bad.handle(e)
+                continue
+            self.records.append(rec)
+            self._ids.append(np.asarray(ids, dtype=np.int32))
+            self._labels.append(None if labels is None else np.asarray(labels, dtype=np.int32))
+            self._image_tokens.append(counts)
+            self._prompts.append(prompt)
+        if self.bad.total:
+            logger.warning("%s dataset: skipped %d bad records %s", self.kind, self.bad.total, self.bad.summary())
+        if not self.records:
+            raise ValueError(f"no usable {self.kind} records in {files} (skipped: {self.bad.summary()})")
+
+    def _prepare(self, rec: Record):
+        raise NotImplementedError
+
+    def _counts(self, rec: Record) -> list[int]:
+        try:
+            return _image_token_counts(rec, self.spec)
+        except ImageError as e:
+            raise BadRecordError(rec.source, str(e), "image") from None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Token count of each item (image tokens included), known without decoding images."""
+        return np.asarray([len(x) for x in self._ids], dtype=np.int64)
+
+    def process_images(self, i: int) -> ProcessedImages:
+        rec = self.records[i]
+        try:
+            out = self.image_processor(rec.images)
+        except ImageError as e:
+            raise BadRecordError(rec.source, str(e), "image") from None
+        got = out.num_image_tokens(self.spec.merge_size)
+        if got != self._image_tokens[i]:  # header size disagreed with the decoded image
+            raise BadRecordError(rec.source, f"decoded images give {got} image tokens, headers said "
+                                             f"{self._image_tokens[i]} ({[describe(s) for s in rec.images]})",
+                                 "image")
+        return out
+
+    def metadata(self, i: int) -> dict[str, Any]:
+        src = self.records[i].source
+        return {"source_file": src.file, "source_line": src.line, "source": str(src), **self.records[i].extra}
+
+    def get_batch(self, indices: Sequence[int]) -> SampleBatch:
+        """Items for ``indices`` in order; with on_bad_record=skip, records failing to decode are left
+        out and returned in ``skipped`` (counted here too), otherwise the first one raises."""
+        out, skipped = [], []
+        for i in indices:
+            try:
+                out.append(self[int(i)])
+            except BadRecordError as e:
+                if self.bad.policy == "error":
+                    raise
+                skipped.append(e)
+        self.bad.merge(skipped)
+        return SampleBatch(out, skipped)
+
+    # torch's map-style fetcher calls this with a whole batch of indices (auto-collation), so the
+    # worker returns a SampleBatch and skipping happens there, with the record's name attached.
+    def __getitems__(self, indices: Sequence[int]) -> list[SampleBatch]:
+        out, skipped = [], []
+        for i in indices:
+            try:
+                out.append(self[int(i)])
+            except BadRecordError as e:
+                if self.bad.policy == "error":
+                    raise
+                skipped.append(e)
+        return [SampleBatch(out, skipped)]
+
+
+class RLDataset(_RecordDataset):
+    """RL prompts: problem + answer + images -> :class:`Sample`."""
+
+    kind = "rl"
+
+    def _prepare(self, rec: Record):
+        counts = self._counts(rec)
+        try:
+            prompt = self.formatter.rl_prompt(rec.text, len(rec.images))
+            ids = self.formatter.encode_prompt(prompt, counts)
+        except PromptError as e:
+            raise BadRecordError(rec.source, str(e), "prompt") from None
+        if len(ids) > self.cfg.max_prompt_length:
+            raise BadRecordError(rec.source, f"prompt has {len(ids)} tokens ({sum(counts)} image tokens), over "
+                                             f"data.max_prompt_length={self.cfg.max_prompt_length}", "too_long")
+        return ids, None, counts, prompt
+
+    def __getitem__(self, index: int) -> Sample:
+        rec = self.records[index]
+        proc = self.process_images(index)
+        return Sample(
+            index=index,
+            prompt=self._prompts[index],
+            prompt_ids=self._ids[index].tolist(),
+            answer=rec.answer,
+            images=list(rec.images),
+            pixel_values=proc.pixel_values if rec.images else None,
+            image_grid_thw=proc.image_grid_thw if rec.images else None,
+            metadata=self.metadata(index),
+        )
+
+
+class SFTDataset(_RecordDataset):
+    """SFT conversations -> :class:`SFTExample` (labels masked to assistant turns)."""
+
+    kind = "sft"
+
+    def _prepare(self, rec: Record):
+        n_placeholders = _count_placeholders(rec.text)
+        if n_placeholders != len(rec.images):
+            raise BadRecordError(rec.source, f"messages have {n_placeholders} <image> placeholders but "
+                                             f"{len(rec.images)} images", "prompt")
+        counts = self._counts(rec)
+        try:
+            ids, labels = self.formatter.encode_sft(self.formatter.sft_messages(rec.text), counts)
+        except PromptError as e:
+            raise BadRecordError(rec.source, str(e), "prompt") from None
+        if len(ids) > self.cfg.seq_length:
+            raise BadRecordError(rec.source, f"conversation has {len(ids)} tokens ({sum(counts)} image tokens), "
+                                             f"over data.seq_length={self.cfg.seq_length}", "too_long")
+        return ids, labels, counts, ""
+
+    def __getitem__(self, index: int) -> SFTExample:
+        rec = self.records[index]
+        proc = self.process_images(index)
+        return SFTExample(
+            index=index,
+            input_ids=self._ids[index].tolist(),
+            labels=self._labels[index].tolist(),
+            pixel_values=proc.pixel_values if rec.images else None,
+            image_grid_thw=proc.image_grid_thw if rec.images else None,
+            metadata=self.metadata(index),
+        )
+
+
+def _count_placeholders(messages: list[dict]) -> int:
+    from megatron_mmr1.data.chat import count_images
+
+    return count_images(messages)
+
+
+def build_dataset(cfg: Any, tokenizer: Any, files: Optional[Sequence[str]] = None, **kw) -> _RecordDataset:
+    """``data.kind`` picks RLDataset or SFTDataset."""
+    return (RLDataset if cfg.kind == "rl" else SFTDataset)(cfg, tokenizer, files, **kw)
