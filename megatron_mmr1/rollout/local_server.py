@@ -1,0 +1,404 @@
+"""CPU stand-in for an SGLang server: the same HTTP API (SGLang 0.5.23) over local generation.
+
+    python -m megatron_mmr1.rollout.local_server --model DIR --port 30000 [--host 127.0.0.1]
+
+Serves /generate, /health, /health_generate, /get_server_info (+ /server_info),
+/get_model_info (+ /model_info), /v1/models, /flush_cache, /pause_generation,
+/continue_generation, /abort_request, /init_weights_update_group, /destroy_weights_update_group,
+/begin_weight_update, /end_weight_update, /update_weights_from_distributed (backend gloo),
+/update_weights_from_tensor, /update_weights_from_disk, /get_weights_by_name,
+/release_memory_occupation, /resume_memory_occupation, /update_weight_version,
+/get_weight_version - with the request and response fields of SGLang (see ``protocol``), so the
+rollout client, the weight sync and sglang-router run the very code paths they run on a GPU.
+
+Generation runs on one engine thread; the HTTP loop stays free for health checks and control
+calls. Binds 127.0.0.1 unless told otherwise: /update_weights_from_tensor unpickles its payload,
+exactly as SGLang does, so the port must not be reachable by strangers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import concurrent.futures
+import io
+import logging
+import pickle
+import time
+import uuid
+from typing import Any, Optional
+
+import torch
+from aiohttp import web
+
+from megatron_mmr1.rollout import protocol as P
+from megatron_mmr1.rollout.dist_group import destroy_custom_process_group, init_custom_process_group
+from megatron_mmr1.rollout.engine import EngineError, LocalEngine
+
+logger = logging.getLogger("megatron_mmr1.rollout.local_server")
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _as_list(x: Any, n: int) -> list:
+    return list(x) if isinstance(x, list) else [x] * n
+
+
+def _normalize_generate(req: P.GenerateReqInput) -> tuple[bool, list[dict]]:
+    """SGLang's single/batch normalisation: (is_single, per-prompt dicts)."""
+    if req.text is None and req.input_ids is None:
+        raise P.ProtocolError("one of text / input_ids is required")
+    if req.text is not None:
+        single = isinstance(req.text, str)
+        prompts = [req.text] if single else list(req.text)
+        key = "text"
+    else:
+        single = not (req.input_ids and isinstance(req.input_ids[0], list))
+        prompts = [req.input_ids] if single else list(req.input_ids)
+        key = "input_ids"
+    b = len(prompts)
+    if req.image_data is None:
+        images = [[] for _ in range(b)]
+    elif single:
+        images = [req.image_data if isinstance(req.image_data, list) else [req.image_data]]
+    else:
+        images = [x if isinstance(x, list) else ([] if x is None else [x]) for x in req.image_data]
+    sps = _as_list(req.sampling_params or {}, b)
+    lps = _as_list(bool(req.return_logprob), b) if not isinstance(req.return_logprob, list) else req.return_logprob
+    rids = _as_list(req.rid, b) if req.rid is not None else [uuid.uuid4().hex for _ in range(b)]
+    if len({sp.get("n", 1) for sp in sps}) > 1:
+        raise P.ProtocolError("The parallel_sample_num should be the same for all samples in sample params.")
+    items = [
+        {key: prompts[i], "images": images[i], "sp": sps[i], "logprob": bool(lps[i]), "rid": str(rids[i])}
+        for i in range(b)
+    ]
+    n = sps[0].get("n", 1) if sps else 1
+    return single and n == 1, items
+
+
+class StandInServer:
+    """The HTTP app and the state SGLang keeps per server (pause flag, update groups, version)."""
+
+    def __init__(self, engine: LocalEngine, host: str, port: int, enable_memory_saver: bool = True):
+        self.engine = engine
+        self.host, self.port = host, port
+        self.enable_memory_saver = enable_memory_saver
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine")
+        self.weight_version = "default"
+        self.groups: dict[str, Any] = {}
+        self.session_open = False
+        self.running = 0
+        self.unpaused = asyncio.Event()
+        self.unpaused.set()
+        self.started = time.time()
+        self.app = web.Application(client_max_size=1 << 31)
+        r = self.app.router
+        for path, fn in [
+            ("/health", self.health), ("/health_generate", self.health),
+            ("/get_server_info", self.server_info), ("/server_info", self.server_info),
+            ("/get_model_info", self.model_info), ("/model_info", self.model_info),
+            ("/v1/models", self.models), ("/get_weight_version", self.get_weight_version),
+        ]:
+            r.add_get(path, fn)
+        for path, fn in [("/generate", self.generate)]:
+            r.add_post(path, fn)
+            r.add_put(path, fn)
+        for path, fn in [
+            ("/flush_cache", self.flush_cache), ("/get_weights_by_name", self.get_weights_by_name),
+            ("/release_memory_occupation", self.release_memory),
+            ("/resume_memory_occupation", self.resume_memory),
+        ]:
+            r.add_get(path, fn)
+            r.add_post(path, fn)
+        for path, fn in [
+            ("/pause_generation", self.pause), ("/continue_generation", self.continue_),
+            ("/abort_request", self.abort_request),
+            ("/init_weights_update_group", self.init_group), ("/destroy_weights_update_group", self.destroy_group),
+            ("/begin_weight_update", self.begin_update), ("/end_weight_update", self.end_update),
+            ("/update_weights_from_distributed", self.update_from_distributed),
+            ("/update_weights_from_tensor", self.update_from_tensor),
+            ("/update_weights_from_disk", self.update_from_disk),
+            ("/update_weight_version", self.update_weight_version),
+        ]:
+            r.add_post(path, fn)
+
+    # ------------------------------------------------------------------ helpers
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    @staticmethod
+    async def _json(request: web.Request) -> dict:
+        if not request.can_read_body:
+            return {}
+        try:
+            body = await request.json()
+        except Exception:
+            raise web.HTTPBadRequest(text="request body is not JSON") from None
+        return body or {}
+
+    @staticmethod
+    def _result(success: bool, message: str, **extra) -> web.Response:
+        return web.json_response({"success": success, "message": message, **extra}, status=200 if success else 400)
+
+    # ------------------------------------------------------------------ info
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def server_info(self, request: web.Request) -> web.Response:
+        e = self.engine
+        return web.json_response({
+            "model_path": e.model_path, "tokenizer_path": e.model_path, "served_model_name": e.model_path,
+            "host": self.host, "port": self.port, "tp_size": 1, "dp_size": 1, "pp_size": 1,
+            "device": "cpu", "context_length": e.context_len, "enable_memory_saver": self.enable_memory_saver,
+            "skip_tokenizer_init": False, "startup_time": self.started,
+            "internal_states": [{"last_gen_throughput": 0.0, "running_requests": self.running}],
+            "version": f"{P.SGLANG_VERSION_CHECKED}-megatron-mmr1-standin", "frontend": "python",
+        })
+
+    async def model_info(self, request: web.Request) -> web.Response:
+        e = self.engine
+        cfg = e.model.config
+        return web.json_response({
+            "model_path": e.model_path, "served_model_name": e.model_path, "tokenizer_path": e.model_path,
+            "is_generation": True, "preferred_sampling_params": None, "weight_version": self.weight_version,
+            "load_format": "auto", "has_image_understanding": True, "has_audio_understanding": False,
+            "model_type": getattr(cfg, "model_type", None), "architectures": getattr(cfg, "architectures", None),
+        })
+
+    async def models(self, request: web.Request) -> web.Response:
+        name = self.engine.model_path
+        return web.json_response({"object": "list", "data": [{
+            "id": name, "object": "model", "created": int(self.started), "owned_by": "sglang",
+            "root": name, "parent": None, "max_model_len": self.engine.context_len,
+        }]})
+
+    async def get_weight_version(self, request: web.Request) -> web.Response:
+        return web.json_response({"weight_version": self.weight_version})
+
+    # ------------------------------------------------------------------ generation
+    async def generate(self, request: web.Request) -> web.Response:
+        try:
+            req = P.parse_body(P.GenerateReqInput, await self._json(request))
+            if req.stream:
+                raise P.ProtocolError("the stand-in server does not stream")
+            single, items = _normalize_generate(req)
+        except P.ProtocolError as e:
+            return web.json_response({"error": {"message": str(e)}}, status=400)
+        await self.unpaused.wait()  # SGLang holds new requests while paused
+        self.running += 1
+        try:
+            outs: list[dict] = []
+            for it in items:
+                sp = P.parse_body(P.SamplingParams, it["sp"])
+                outs += await self._run(
+                    self.engine.generate, it.get("text"), it.get("input_ids"), it["images"], sp,
+                    it["logprob"], it["rid"], self.weight_version,
+                )
+        except (EngineError, P.ProtocolError, TypeError) as e:
+            return web.json_response({"error": {"message": str(e)}}, status=400)
+        finally:
+            self.running -= 1
+        return web.json_response(outs[0] if single else outs)
+
+    async def flush_cache(self, request: web.Request) -> web.Response:
+        if self.running:
+            return web.Response(status=400, text="Flush cache failed: requests are running or waiting.\n")
+        return web.Response(status=200, text="Cache flushed.\n")
+
+    async def pause(self, request: web.Request) -> web.Response:
+        req = P.parse_body(P.PauseGenerationReqInput, await self._json(request))
+        self.unpaused.clear()
+        if req.mode == "abort":
+            self.engine.abort_event.set()
+            while self.running:  # in-flight requests return with finish_reason abort
+                await asyncio.sleep(0.01)
+        return web.json_response({"message": "Generation paused successfully.", "status": "ok"})
+
+    async def continue_(self, request: web.Request) -> web.Response:
+        self.engine.abort_event.clear()
+        self.unpaused.set()
+        return web.json_response({"message": "Generation continued successfully.", "status": "ok"})
+
+    async def abort_request(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        if body.get("abort_all"):
+            self.engine.abort_event.set()
+            while self.running:
+                await asyncio.sleep(0.01)
+            self.engine.abort_event.clear()
+        return web.Response(status=200)
+
+    # ------------------------------------------------------------------ weights
+    async def init_group(self, request: web.Request) -> web.Response:
+        req = P.parse_body(P.InitWeightsUpdateGroupReqInput, await self._json(request))
+        rank = req.rank_offset  # + tp_rank; the stand-in is one rank
+        try:
+            pg = await self._run(
+                init_custom_process_group, req.backend, f"tcp://{req.master_address}:{req.master_port}",
+                req.world_size, rank, req.group_name,
+            )
+        except Exception as e:
+            return self._result(False, f"Failed to initialize custom process group: {e}.")
+        self.groups[req.group_name] = pg
+        return self._result(True, "Succeeded to initialize custom process group.")
+
+    async def destroy_group(self, request: web.Request) -> web.Response:
+        req = P.parse_body(P.DestroyWeightsUpdateGroupReqInput, await self._json(request))
+        pg = self.groups.pop(req.group_name, None)
+        if pg is None:
+            return self._result(False, "The group to be destroyed does not exist.")
+        await self._run(destroy_custom_process_group, pg)
+        return self._result(True, "Succeeded to destroy custom process group.")
+
+    async def begin_update(self, request: web.Request) -> web.Response:
+        if self.session_open:
+            return self._result(False, "a weight-update session is already open; call end_weight_update() first")
+        self.session_open = True
+        return self._result(True, "Success")
+
+    async def end_update(self, request: web.Request) -> web.Response:
+        if not self.session_open:
+            return self._result(False, "no weight-update session is open; call begin_weight_update() first")
+        self.session_open = False
+        return self._result(True, "Success")
+
+    def _after_update(self, flush: bool, version: Optional[str], success: bool, message: str) -> web.Response:
+        if success and version is not None:
+            self.weight_version = version
+            message += f" Weight version updated to {version}."
+        if success and flush and self.running:
+            return self._result(False, "Weights were updated, but the cache was not flushed because "
+                                       "requests are still running or queued.")
+        return self._result(success, message)
+
+    def _receive(self, req: P.UpdateWeightsFromDistributedReqInput) -> int:
+        pg = self.groups[req.group_name]
+        dtypes = [_DTYPES.get(d) or getattr(torch, d) for d in req.dtypes]
+        if req.load_format == "flattened_bucket":
+            offs, off = [], 0
+            for name, dt, shape in zip(req.names, dtypes, req.shapes):
+                if off % dt.itemsize:
+                    raise EngineError(f"Unaligned received tensor {name}: byte offset {off}, dtype {dt}")
+                size = int(torch.Size(shape).numel()) * dt.itemsize
+                offs.append((off, off + size))
+                off += size
+            flat = torch.empty(off, dtype=torch.uint8)
+            torch.distributed.broadcast(flat, src=0, group=pg)
+            tensors = [flat[a:b].view(dt).reshape(shape) for (a, b), dt, shape in zip(offs, dtypes, req.shapes)]
+        else:
+            tensors = [torch.empty(shape, dtype=dt) for dt, shape in zip(dtypes, req.shapes)]
+            handles = [torch.distributed.broadcast(t, src=0, group=pg, async_op=True) for t in tensors]
+            for h in handles:
+                h.wait()
+        return self.engine.load_weights(zip(req.names, tensors))
+
+    async def update_from_distributed(self, request: web.Request) -> web.Response:
+        req = P.parse_body(P.UpdateWeightsFromDistributedReqInput, await self._json(request))
+        if not self.session_open:
+            return self._result(False, "update_weights_from_distributed must run between "
+                                       "begin_weight_update() and end_weight_update()")
+        if req.group_name not in self.groups:
+            return self._result(False, f"Group {req.group_name} not in {list(self.groups)}. "
+                                       "Please call `init_weights_update_group` first.")
+        try:
+            await self._run(self._receive, req)
+        except Exception as e:
+            return self._result(False, f"Failed to receive weights: {e}")
+        return self._after_update(req.flush_cache, req.weight_version, True, "Succeeded to update parameter online.")
+
+    async def update_from_tensor(self, request: web.Request) -> web.Response:
+        req = P.parse_body(P.UpdateWeightsFromTensorReqInput, await self._json(request))
+        if not self.session_open:
+            return self._result(False, "update_weights_from_tensor must run between "
+                                       "begin_weight_update() and end_weight_update()")
+        try:
+            payload = req.serialized_named_tensors[0]  # tp rank 0: the stand-in is one rank
+            named = pickle.load(io.BytesIO(base64.b64decode(payload)))
+            if req.load_format == "flattened_bucket":
+                flat, meta = named["flattened_tensor"], named["metadata"]
+                named = [(m.name, flat[m.start_idx:m.end_idx].view(m.dtype).reshape(m.shape)) for m in meta]
+            named = [(n, t.get(0) if hasattr(t, "get") and not torch.is_tensor(t) else t) for n, t in named]
+            await self._run(self.engine.load_weights, named)
+        except Exception as e:
+            return self._result(False, f"Failed to update weights from tensor: {e}")
+        return self._after_update(req.flush_cache, req.weight_version, True, "Success")
+
+    async def update_from_disk(self, request: web.Request) -> web.Response:
+        req = P.parse_body(P.UpdateWeightFromDiskReqInput, await self._json(request))
+        try:
+            await self._run(self.engine.load_from_disk, req.model_path)
+        except Exception as e:
+            return self._result(False, f"Failed to update weights: {e}", num_paused_requests=0)
+        resp = self._after_update(req.flush_cache, req.weight_version, True, "Succeeded to update model weights.")
+        return resp if resp.status != 200 else self._result(True, "Succeeded to update model weights.",
+                                                            num_paused_requests=0)
+
+    async def update_weight_version(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        if "new_version" not in body:
+            return web.json_response({"error": {"message": "missing field new_version"}}, status=400)
+        self.weight_version = str(body["new_version"])
+        return web.json_response({"success": True, "message": f"Weight version updated to {self.weight_version}"})
+
+    async def get_weights_by_name(self, request: web.Request) -> web.Response:
+        try:
+            req = P.parse_body(P.GetWeightsByNameReqInput, await self._json(request))
+            values = await self._run(self.engine.get_weights_by_name, req.name, req.truncate_size)
+        except (EngineError, P.ProtocolError) as e:
+            return web.json_response({"error": {"message": str(e)}}, status=400)
+        return web.json_response(values)
+
+    async def release_memory(self, request: web.Request) -> web.Response:
+        req = P.parse_body(P.MemoryOccupationReqInput, await self._json(request))
+        if not self.enable_memory_saver:
+            return web.json_response({"error": {"message": "start the server with --enable-memory-saver"}}, status=400)
+        if self.running:
+            return web.json_response({"error": {"message": "requests are running"}}, status=400)
+        if req.tags is None or "weights" in req.tags:
+            await self._run(self.engine.release_weights)
+        return web.json_response(None)
+
+    async def resume_memory(self, request: web.Request) -> web.Response:
+        req = P.parse_body(P.MemoryOccupationReqInput, await self._json(request))
+        if (req.tags is None or "weights" in req.tags) and self.engine.weights_released:
+            await self._run(self.engine.resume_weights)
+        return web.json_response(None)
+
+
+@web.middleware
+async def _protocol_errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except P.ProtocolError as e:
+        return web.json_response({"error": {"message": str(e)}}, status=400)
+
+
+def build_app(engine: LocalEngine, host: str = "127.0.0.1", port: int = 0, **kw) -> tuple[web.Application, StandInServer]:
+    server = StandInServer(engine, host, port, **kw)
+    server.app.middlewares.append(_protocol_errors)
+    return server.app, server
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description="CPU stand-in for an SGLang server (same HTTP API).")
+    ap.add_argument("--model", "--model-path", dest="model", required=True, help="HF Qwen2.5-VL checkpoint dir")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=30000)
+    ap.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
+    ap.add_argument("--min-pixels", type=int, default=None)
+    ap.add_argument("--max-pixels", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--disable-memory-saver", action="store_true")
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    torch.set_num_threads(1)
+    engine = LocalEngine(args.model, _DTYPES[args.dtype], args.min_pixels, args.max_pixels, args.seed)
+    app, _ = build_app(engine, args.host, args.port, enable_memory_saver=not args.disable_memory_saver)
+    logger.info("stand-in SGLang server for %s on http://%s:%d", args.model, args.host, args.port)
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
