@@ -1,0 +1,33 @@
+"""The released MMR1 config and the paper's ablation setting load and carry DESIGN.md's values."""
+
+from pathlib import Path
+
+import pytest
+
+from megatron_mmr1.config import load_config
+from megatron_mmr1.models.presets import resolve_model_dims
+
+CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
+
+
+def test_released_config():
+    cfg = load_config(CONFIGS / "mmr1_released.yaml", world_size=8)
+    v = cfg.vps
+    assert (v.alpha, v.beta, v.update_interval, v.num_rollouts, v.momentum, v.refresh) == (1.0, 0.0, 4, 8, 0.0, "full")
+    assert cfg.sampler.type == "vas" and cfg.sampler.lam == 0.5
+    assert cfg.data.max_response_length == 8192
+    assert cfg.algorithm.kl_coef == 0.01 and cfg.algorithm.kl_estimator == "low_var_kl"
+    assert resolve_model_dims(cfg.model)["hidden_size"] == 3584  # Qwen2.5-VL-7B
+
+
+def test_ablation_config():
+    cfg = load_config(CONFIGS / "mmr1_ablation.yaml", world_size=8)
+    v = cfg.vps
+    assert (v.alpha, v.beta, v.update_interval, v.num_rollouts) == (0.5, 0.5, 28, 8)
+    assert v.tds_metrics == ["self_bleu"] and cfg.sampler.lam == 0.5
+
+
+@pytest.mark.parametrize("name", ["mmr1_released.yaml", "mmr1_ablation.yaml"])
+def test_overrides_still_apply(name):
+    cfg = load_config(CONFIGS / name, ["sampler.type=uniform", "vps.refresh=online"])
+    assert cfg.sampler.type == "uniform" and cfg.vps.refresh == "online"
