@@ -39,12 +39,13 @@ class RecordSource:
 class BadRecordError(ValueError):
     """One bad record; the message starts with its file and line/row."""
 
-    def __init__(self, source: Any, reason: str, kind: str = "invalid"):
-        super().__init__(f"{source}: {reason}")
-        self.source, self.reason, self.kind = str(source), reason, kind
+    def __init__(self, source: Any, reason: Optional[str] = None, kind: str = "invalid"):
+        # One-argument form: torch's DataLoader re-raises worker errors as ``type(err)(message)``.
+        super().__init__(str(source) if reason is None else f"{source}: {reason}")
+        self.source, self.reason, self.kind = str(source), reason or "", kind
 
     def __reduce__(self):  # survives the trip back from a DataLoader worker
-        return (BadRecordError, (self.source, self.reason, self.kind))
+        return (BadRecordError, (self.source, self.reason or None, self.kind))
 
 
 class BadRecords:
