@@ -82,3 +82,17 @@ def grpo_loss(
 
     metrics["loss"] = float(loss.detach())
     return loss, metrics
+
+
+def fused_loss_kwargs(cfg: AlgorithmConfig) -> dict:
+    """The keyword arguments of ``mmr1_kernels.fused_grpo_loss`` that give the same loss as
+    :func:`grpo_loss` under ``cfg`` (the trainer's switch between the two paths)."""
+    return dict(
+        eps_low=cfg.clip_ratio_low,
+        eps_high=cfg.clip_ratio_high,
+        clip_c=cfg.clip_ratio_c,
+        kl_coef=cfg.kl_coef if cfg.use_kl_loss else 0.0,
+        kl_estimator=cfg.kl_estimator,
+        entropy_coef=cfg.entropy_coef,
+        loss_agg_mode=cfg.loss_agg_mode,
+    )
