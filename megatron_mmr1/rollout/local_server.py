@@ -30,6 +30,7 @@ import uuid
 from typing import Any, Optional
 
 import torch
+import torch.multiprocessing  # noqa: F401  (tensor rebuild functions for /update_weights_from_tensor)
 from aiohttp import web
 
 from megatron_mmr1.rollout import protocol as P
@@ -89,6 +90,7 @@ class StandInServer:
         self.groups: dict[str, Any] = {}
         self.session_open = False
         self.running = 0
+        self.served = 0
         self.unpaused = asyncio.Event()
         self.unpaused.set()
         self.started = time.time()
@@ -152,7 +154,8 @@ class StandInServer:
             "host": self.host, "port": self.port, "tp_size": 1, "dp_size": 1, "pp_size": 1,
             "device": "cpu", "context_length": e.context_len, "enable_memory_saver": self.enable_memory_saver,
             "skip_tokenizer_init": False, "startup_time": self.started,
-            "internal_states": [{"last_gen_throughput": 0.0, "running_requests": self.running}],
+            "internal_states": [{"last_gen_throughput": 0.0, "running_requests": self.running,
+                                 "served_generate_requests": self.served}],
             "version": f"{P.SGLANG_VERSION_CHECKED}-megatron-mmr1-standin", "frontend": "python",
         })
 
@@ -199,6 +202,7 @@ class StandInServer:
             return web.json_response({"error": {"message": str(e)}}, status=400)
         finally:
             self.running -= 1
+        self.served += 1
         return web.json_response(outs[0] if single else outs)
 
     async def flush_cache(self, request: web.Request) -> web.Response:
@@ -318,7 +322,7 @@ class StandInServer:
             if req.load_format == "flattened_bucket":
                 flat, meta = named["flattened_tensor"], named["metadata"]
                 named = [(m.name, flat[m.start_idx:m.end_idx].view(m.dtype).reshape(m.shape)) for m in meta]
-            named = [(n, t.get(0) if hasattr(t, "get") and not torch.is_tensor(t) else t) for n, t in named]
+            named = [(n, _local_tensor(t)) for n, t in named]
             await self._run(self.engine.load_weights, named)
         except Exception as e:
             return self._result(False, f"Failed to update weights from tensor: {e}")
@@ -364,6 +368,14 @@ class StandInServer:
         if (req.tags is None or "weights" in req.tags) and self.engine.weights_released:
             await self._run(self.engine.resume_weights)
         return web.json_response(None)
+
+
+def _local_tensor(t: Any) -> torch.Tensor:
+    """A tensor, or SGLang's LocalSerializedTensor (``values`` = one serialized tensor per TP rank)."""
+    if torch.is_tensor(t):
+        return t
+    value = t.values[0]  # the stand-in is TP rank 0
+    return pickle.load(io.BytesIO(base64.b64decode(value) if isinstance(value, str) else value))
 
 
 @web.middleware

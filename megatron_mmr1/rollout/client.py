@@ -1,0 +1,271 @@
+"""Rollout client: prompts (Samples) -> n responses each, from a pool of SGLang servers.
+
+    client = RolloutClient(cfg.rollout, max_new_tokens=cfg.data.max_response_length)
+    responses = client.generate(prompts)          # len(prompts) * n Samples, prompt-major
+
+One ``/generate`` per prompt with ``sampling_params.n`` (SGLang fans it out and shares the prefix),
+``return_logprob`` so the rollout log-probs are kept for mismatch metrics. Multimodal prompts go
+as ``text`` + ``image_data`` so the server expands image pads with its own processor rules (as
+slime does); text-only prompts with ids go as ``input_ids``.
+
+Failure handling: at most ``max_inflight`` requests in flight; each has ``request_timeout_s``; a
+connection error, timeout or 5xx marks that server unhealthy and the request is retried on another
+healthy server (on the same one after a back-off when it is the only URL, e.g. a router), up to
+``max_retries`` times; a background probe of ``/health`` brings servers back. Requests aborted by
+``/pause_generation`` during a weight update are resubmitted, not counted as failures. When no
+server is left, or a request runs out of retries, ``RolloutError`` names every server and its last
+error. Every failure is logged and counted in ``client.stats``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import aiohttp
+
+from megatron_mmr1.config import RolloutConfig
+from megatron_mmr1.data.sample import Sample, Status
+from megatron_mmr1.rollout.engine import image_to_base64
+from megatron_mmr1.rollout.protocol import GenerateOutput, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class RolloutError(RuntimeError):
+    """Generation cannot go on: no healthy server left, or a request ran out of retries."""
+
+
+class _BadRequest(Exception):
+    """HTTP 4xx: the request itself is wrong; retrying elsewhere will not help."""
+
+
+@dataclass
+class ServerState:
+    url: str
+    healthy: bool = True
+    inflight: int = 0
+    failures: int = 0
+    last_error: str = ""
+
+
+@dataclass
+class RolloutStats:
+    requests: int = 0
+    retries: int = 0
+    """Requests re-sent after a failure (each counted once per re-send)."""
+    failures: dict[str, int] = field(default_factory=dict)
+    """Failed attempts per server URL."""
+    abort_resubmits: int = 0
+    """Requests resubmitted because the server aborted them (pause during weight sync)."""
+
+
+def sampling_params_from_config(cfg: RolloutConfig, max_new_tokens: int, **override: Any) -> SamplingParams:
+    sp = SamplingParams(
+        max_new_tokens=max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, n=cfg.n
+    )
+    for k, v in override.items():
+        setattr(sp, k, v)
+    return sp
+
+
+def build_payload(sample: Sample, sp: SamplingParams, return_logprob: bool = True) -> dict:
+    """The /generate body for one prompt (SGLang 0.5.23 GenerateReqInput fields)."""
+    body: dict[str, Any] = {"sampling_params": sp.to_json(), "return_logprob": return_logprob}
+    if sample.images:
+        if not sample.prompt:
+            raise ValueError(f"sample {sample.index}: a multimodal prompt needs its text (sample.prompt)")
+        body["text"] = sample.prompt
+        body["image_data"] = [x if isinstance(x, str) and not _is_path(x) else image_to_base64(x) for x in sample.images]
+    elif sample.prompt_ids:
+        body["input_ids"] = list(sample.prompt_ids)
+    elif sample.prompt:
+        body["text"] = sample.prompt
+    else:
+        raise ValueError(f"sample {sample.index}: no prompt text or ids")
+    return body
+
+
+def _is_path(x: str) -> bool:
+    import os
+
+    return os.path.exists(x)
+
+
+def fill_samples(prompt: Sample, outputs: list[GenerateOutput], group_index: int) -> list[Sample]:
+    """n response Samples for one prompt Sample (the prompt's fields are shared, not re-sent)."""
+    result = []
+    for out in outputs:
+        s = copy.copy(prompt)
+        s.metadata = dict(prompt.metadata)
+        s.group_index = group_index if prompt.group_index < 0 else prompt.group_index
+        s.response, s.response_ids = out.text, list(out.output_ids)
+        s.rollout_logprobs = list(out.logprobs)
+        s.loss_mask = [1] * len(out.output_ids)
+        s.status = Status.TRUNCATED if out.finish_type == "length" else Status.COMPLETED
+        s.reward, s.reward_info = 0.0, {}
+        if out.weight_version is not None:
+            s.metadata["weight_version"] = out.weight_version
+        result.append(s)
+    return result
+
+
+class RolloutClient:
+    """Async generation over ``urls`` (servers or routers) with retries and health checks."""
+
+    def __init__(
+        self,
+        cfg: RolloutConfig,
+        urls: Optional[Sequence[str]] = None,
+        max_new_tokens: int = 4096,
+        health_interval_s: float = 2.0,
+        backoff_s: float = 0.5,
+        max_abort_resubmits: int = 100,
+    ):
+        urls = list(urls if urls is not None else cfg.server_urls)
+        if not urls:
+            raise RolloutError("no rollout server URLs (rollout.server_urls is empty)")
+        self.cfg = cfg
+        self.max_new_tokens = max_new_tokens
+        self.servers = [ServerState(u.rstrip("/")) for u in urls]
+        self.health_interval_s = health_interval_s
+        self.backoff_s = backoff_s
+        self.max_abort_resubmits = max_abort_resubmits
+        self.stats = RolloutStats()
+        self._rr = 0
+
+    # ------------------------------------------------------------------ public
+    def generate(self, prompts: Sequence[Sample], **sampling_override: Any) -> list[Sample]:
+        """Blocking wrapper of :meth:`agenerate` for the (synchronous) training loop."""
+        return asyncio.run(self.agenerate(prompts, **sampling_override))
+
+    async def agenerate(self, prompts: Sequence[Sample], **sampling_override: Any) -> list[Sample]:
+        sp = sampling_params_from_config(self.cfg, self.max_new_tokens, **sampling_override)
+        sem = asyncio.Semaphore(self.cfg.max_inflight)
+        timeout = aiohttp.ClientTimeout(total=self.cfg.request_timeout_s)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            await self._check_all(session)
+            prober = asyncio.create_task(self._probe_loop(session))
+            try:
+                async def one(i: int, p: Sample) -> list[Sample]:
+                    async with sem:
+                        outs = await self._generate_one(session, build_payload(p, sp))
+                    return fill_samples(p, outs, i)
+
+                groups = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+            finally:
+                prober.cancel()
+                await asyncio.gather(prober, return_exceptions=True)
+        return [s for g in groups for s in g]
+
+    async def check_health(self) -> list[ServerState]:
+        """Probe every server's /health once; returns the states (for start-up checks)."""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            await self._check_all(session)
+        return self.servers
+
+    # ------------------------------------------------------------------ internals
+    async def _probe(self, session: aiohttp.ClientSession, s: ServerState) -> None:
+        try:
+            async with session.get(s.url + "/health", timeout=aiohttp.ClientTimeout(total=10)) as r:
+                ok = r.status == 200
+                err = "" if ok else f"/health answered {r.status}"
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            ok, err = False, f"/health: {type(e).__name__}: {e}"
+        if ok and not s.healthy:
+            logger.info("rollout server %s is healthy again", s.url)
+        if not ok and s.healthy:
+            logger.warning("rollout server %s is unhealthy (%s)", s.url, err)
+        s.healthy = ok
+        if err:
+            s.last_error = err
+
+    async def _check_all(self, session: aiohttp.ClientSession) -> None:
+        await asyncio.gather(*(self._probe(session, s) for s in self.servers))
+        if not any(s.healthy for s in self.servers):
+            raise RolloutError(self._none_left_message())
+
+    async def _probe_loop(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            await asyncio.sleep(self.health_interval_s)
+            await asyncio.gather(*(self._probe(session, s) for s in self.servers if not s.healthy))
+
+    def _none_left_message(self) -> str:
+        lines = ", ".join(f"{s.url} ({s.last_error or 'unhealthy'})" for s in self.servers)
+        return f"no healthy rollout server left: {lines}"
+
+    def _pick(self, exclude: Optional[ServerState]) -> ServerState:
+        healthy = [s for s in self.servers if s.healthy]
+        if not healthy:
+            raise RolloutError(self._none_left_message())
+        others = [s for s in healthy if s is not exclude] or healthy
+        low = min(s.inflight for s in others)
+        cands = [s for s in others if s.inflight == low]
+        self._rr += 1
+        return cands[self._rr % len(cands)]
+
+    async def _post(self, session: aiohttp.ClientSession, s: ServerState, payload: dict) -> Any:
+        s.inflight += 1
+        try:
+            async with session.post(s.url + "/generate", json=payload) as r:
+                if 400 <= r.status < 500:
+                    raise _BadRequest(f"{s.url}/generate answered {r.status}: {(await r.text())[:500]}")
+                if r.status != 200:
+                    raise aiohttp.ClientResponseError(
+                        r.request_info, (), status=r.status, message=(await r.text())[:200]
+                    )
+                return await r.json(content_type=None)
+        finally:
+            s.inflight -= 1
+
+    async def _generate_one(self, session: aiohttp.ClientSession, payload: dict) -> list[GenerateOutput]:
+        self.stats.requests += 1
+        last: Optional[ServerState] = None
+        attempt = aborts = 0
+        while True:
+            try:
+                s = self._pick(exclude=last)
+            except RolloutError:
+                await self._check_all(session)  # one fresh look before giving up; raises if none
+                s = self._pick(exclude=last)
+            try:
+                data = await self._post(session, s, payload)
+            except _BadRequest as e:
+                raise RolloutError(str(e)) from None
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                err = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                s.failures += 1
+                s.last_error = err
+                self.stats.failures[s.url] = self.stats.failures.get(s.url, 0) + 1
+                # A single URL (router) stays in use; with several, the failed one sits out until
+                # the probe sees it healthy again.
+                if len(self.servers) > 1:
+                    s.healthy = False
+                attempt += 1
+                if attempt > self.cfg.max_retries:
+                    raise RolloutError(
+                        f"request failed {attempt} times, last on {s.url}: {err}; " + self._none_left_message()
+                        if not any(x.healthy for x in self.servers) else
+                        f"request failed {attempt} times (rollout.max_retries={self.cfg.max_retries}), "
+                        f"last on {s.url}: {err}"
+                    ) from None
+                self.stats.retries += 1
+                logger.warning("rollout request failed on %s (%s); retry %d/%d", s.url, err, attempt,
+                               self.cfg.max_retries)
+                last = s
+                await asyncio.sleep(self.backoff_s * (1 + random.random()) if len(self.servers) == 1 else 0)
+                continue
+            outs = [GenerateOutput.from_json(d) for d in (data if isinstance(data, list) else [data])]
+            if any(o.finish_type == "abort" for o in outs):
+                aborts += 1
+                self.stats.abort_resubmits += 1
+                if aborts > self.max_abort_resubmits:
+                    raise RolloutError(f"request aborted {aborts} times by {s.url}")
+                logger.info("rollout request aborted by %s (weight update?); resubmitting", s.url)
+                await asyncio.sleep(self.backoff_s)
+                continue
+            return outs

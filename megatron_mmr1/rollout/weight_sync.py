@@ -1,0 +1,361 @@
+"""Trainer -> rollout servers weight sync over SGLang's own endpoints (checked at SGLang 0.5.23).
+
+Input is a plain iterable of ``(hf_name, full_tensor)`` pairs: the model code gathers TP shards
+and renames to Hugging Face checkpoint names; only the sender rank (DP=0, TP=0, PP=0) calls this.
+
+* ``DistributedWeightSender`` (disaggregated; slime's ``UpdateWeightFromDistributed``): once,
+  ``/init_weights_update_group`` on every server + a matching group on the trainer (rank 0; gloo on
+  CPU, nccl on GPU). Per update: ``/pause_generation`` -> ``/flush_cache`` -> ``/begin_weight_update``
+  -> per bucket (``bucket_mb``, ~512 MiB): ``/update_weights_from_distributed`` on every server while
+  the trainer broadcasts the bucket's tensors (one by one, or as one ``flattened_bucket``) ->
+  ``/end_weight_update`` -> ``/continue_generation``.
+* ``DiskWeightSender`` (fallback): safetensors into a directory every server can read, then
+  ``/update_weights_from_disk``.
+* ``TensorWeightSender`` (colocated): ``/release_memory_occupation`` before training,
+  ``/resume_memory_occupation`` (weights) -> ``/update_weights_from_tensor`` per bucket ->
+  resume kv_cache after. On GPU the tensors travel as CUDA IPC handles (SGLang's
+  ``MultiprocessingSerializer``, ``LocalSerializedTensor`` per TP rank); on CPU as shared memory,
+  which the stand-in server reads the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import io
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import requests
+import torch
+import torch.distributed as dist
+
+from megatron_mmr1.rollout import protocol as P
+from megatron_mmr1.rollout.dist_group import destroy_custom_process_group, init_custom_process_group
+
+logger = logging.getLogger(__name__)
+
+NamedTensors = Iterable[tuple[str, torch.Tensor]]
+
+
+class WeightSyncError(RuntimeError):
+    """A server refused or failed a weight-sync call; the message names server and endpoint."""
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")  # "bfloat16": what SGLang's getattr(torch, ...) reads
+
+
+def bucket_named_tensors(named: NamedTensors, bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Group tensors into buckets of at most ``bucket_bytes`` (one bigger tensor gets its own).
+
+    A new bucket also starts when the dtype changes, so every offset of a flattened bucket is
+    aligned to its dtype's size (SGLang rejects unaligned offsets).
+    """
+    bucket: list[tuple[str, torch.Tensor]] = []
+    size = 0
+    for name, t in named:
+        nbytes = t.numel() * t.element_size()
+        if bucket and (size + nbytes > bucket_bytes or t.dtype != bucket[-1][1].dtype):
+            yield bucket
+            bucket, size = [], 0
+        bucket.append((name, t))
+        size += nbytes
+    if bucket:
+        yield bucket
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class SyncStats:
+    tensors: int = 0
+    bytes: int = 0
+    buckets: int = 0
+    seconds: float = 0.0
+
+
+class _ServerCalls:
+    """Synchronous admin calls to every server, in parallel threads."""
+
+    def __init__(self, urls: Sequence[str], timeout_s: float):
+        self.urls = [u.rstrip("/") for u in urls]
+        self.timeout_s = timeout_s
+        self.pool = concurrent.futures.ThreadPoolExecutor(max(1, len(self.urls)), thread_name_prefix="wsync")
+
+    def call(self, url: str, path: str, body: Optional[dict] = None, method: str = "POST",
+             retry_400_s: float = 0.0) -> Any:
+        """One call; raise WeightSyncError on failure. ``retry_400_s``: keep retrying a 400 (busy)."""
+        end = time.monotonic() + retry_400_s
+        while True:
+            try:
+                r = requests.request(method, url + path, json=body, timeout=self.timeout_s)
+            except requests.RequestException as e:
+                raise WeightSyncError(f"{url}{path}: {type(e).__name__}: {e}") from None
+            if r.status_code == 400 and time.monotonic() < end:
+                time.sleep(0.2)
+                continue
+            data: Any = None
+            if r.content:
+                try:
+                    data = r.json()
+                except ValueError:
+                    data = r.text
+            if r.status_code != 200 or (isinstance(data, dict) and data.get("success") is False):
+                raise WeightSyncError(f"{url}{path} answered {r.status_code}: {str(data)[:500]}")
+            return data
+
+    def submit_all(self, path: str, body: Optional[dict] = None, **kw) -> list[concurrent.futures.Future]:
+        return [self.pool.submit(self.call, u, path, body, **kw) for u in self.urls]
+
+    def all(self, path: str, body: Optional[dict] = None, **kw) -> list[Any]:
+        return [f.result() for f in self.submit_all(path, body, **kw)]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False)
+
+
+class _PausedGeneration:
+    """pause -> flush -> [begin session] ... [end session] -> continue, also when the body raises."""
+
+    def __init__(self, calls: _ServerCalls, session: bool, pause_mode: str, flush_wait_s: float):
+        self.calls, self.session, self.pause_mode, self.flush_wait_s = calls, session, pause_mode, flush_wait_s
+
+    def __enter__(self):
+        self.calls.all("/pause_generation", P.to_json(P.PauseGenerationReqInput(mode=self.pause_mode)))
+        self.calls.all("/flush_cache", retry_400_s=self.flush_wait_s)  # slime retries 60 x 1 s
+        if self.session:
+            self.calls.all("/begin_weight_update", P.to_json(P.BeginWeightUpdateReqInput()))
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            if self.session:
+                self.calls.all("/end_weight_update", {})
+        finally:
+            self.calls.all("/continue_generation", P.to_json(P.ContinueGenerationReqInput()))
+
+
+class DistributedWeightSender:
+    """Broadcast weights from this process (group rank 0) to SGLang servers, in buckets."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        backend: Optional[str] = None,
+        master_address: str = "127.0.0.1",
+        master_port: Optional[int] = None,
+        group_name: str = P.DEFAULT_GROUP_NAME,
+        bucket_mb: int = 512,
+        flattened: bool = False,
+        engine_tp_sizes: Optional[Sequence[int]] = None,
+        timeout_s: float = 600.0,
+        pause_mode: str = "abort",
+    ):
+        self.calls = _ServerCalls(urls, timeout_s)
+        self.backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        self.device = torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
+        self.master_address = master_address
+        self.master_port = master_port
+        self.group_name = group_name
+        self.bucket_bytes = int(bucket_mb) << 20
+        self.flattened = flattened
+        self.engine_tp_sizes = list(engine_tp_sizes) if engine_tp_sizes else None
+        self.pause_mode = pause_mode
+        self.group: Optional[dist.ProcessGroup] = None
+        self.version = 0
+        self.last_stats = SyncStats()
+
+    def connect(self) -> None:
+        """Create the update group: trainer rank 0, server i's TP ranks from 1 + sum(tp of servers < i)."""
+        tps = self.engine_tp_sizes or [int(i.get("tp_size", 1)) for i in self.calls.all("/get_server_info", method="GET")]
+        world = 1 + sum(tps)
+        port = self.master_port or free_port(self.master_address)
+        futures, offset = [], 1
+        for url, tp in zip(self.calls.urls, tps):
+            body = P.to_json(P.InitWeightsUpdateGroupReqInput(
+                master_address=self.master_address, master_port=port, rank_offset=offset,
+                world_size=world, group_name=self.group_name, backend=self.backend))
+            futures.append(self.calls.pool.submit(self.calls.call, url, "/init_weights_update_group", body))
+            offset += tp
+        try:
+            self.group = init_custom_process_group(
+                self.backend, f"tcp://{self.master_address}:{port}", world, 0, self.group_name
+            )
+        finally:
+            for f in futures:
+                f.result()
+        logger.info("weight-update group %s: trainer + %d engine ranks over %s", self.group_name, world - 1, self.backend)
+
+    def update(self, named: NamedTensors, weight_version: Optional[str] = None) -> SyncStats:
+        """Push every tensor of ``named`` to every server; generation is paused meanwhile."""
+        if self.group is None:
+            self.connect()
+        self.version += 1
+        version = weight_version or str(self.version)
+        stats, t0 = SyncStats(), time.perf_counter()
+        with _PausedGeneration(self.calls, True, self.pause_mode, flush_wait_s=60.0):
+            for bucket in bucket_named_tensors(named, self.bucket_bytes):
+                self._send_bucket(bucket, version)
+                stats.buckets += 1
+                stats.tensors += len(bucket)
+                stats.bytes += sum(t.numel() * t.element_size() for _, t in bucket)
+        stats.seconds = time.perf_counter() - t0
+        self.last_stats = stats
+        logger.info("weights v%s -> %d servers: %d tensors, %.1f MiB, %d buckets, %.2fs", version,
+                    len(self.calls.urls), stats.tensors, stats.bytes / 2**20, stats.buckets, stats.seconds)
+        return stats
+
+    def _send_bucket(self, bucket: list[tuple[str, torch.Tensor]], version: str) -> None:
+        tensors = [t.detach().to(self.device).contiguous() for _, t in bucket]
+        body = P.to_json(P.UpdateWeightsFromDistributedReqInput(
+            names=[n for n, _ in bucket], dtypes=[dtype_name(t.dtype) for t in tensors],
+            shapes=[list(t.shape) for t in tensors], group_name=self.group_name, flush_cache=True,
+            weight_version=version, load_format="flattened_bucket" if self.flattened else None,
+        ))
+        futures = self.calls.submit_all("/update_weights_from_distributed", body)
+        # The servers post their receives when the HTTP call arrives; broadcasts are matched in order.
+        if self.flattened:
+            flat = torch.cat([t.reshape(-1).view(torch.uint8) for t in tensors])
+            dist.broadcast(flat, src=0, group=self.group)
+        else:
+            handles = [dist.broadcast(t, src=0, group=self.group, async_op=True) for t in tensors]
+            for h in handles:
+                h.wait()
+        for f in futures:
+            f.result()
+
+    def close(self) -> None:
+        if self.group is not None:
+            try:
+                self.calls.all("/destroy_weights_update_group", {"group_name": self.group_name})
+            except WeightSyncError as e:
+                logger.warning("destroy_weights_update_group: %s", e)
+            destroy_custom_process_group(self.group)
+            self.group = None
+        self.calls.close()
+
+
+class DiskWeightSender:
+    """Fallback: write safetensors to ``directory`` (shared with the servers) and ask them to load it."""
+
+    def __init__(self, urls: Sequence[str], directory: str, timeout_s: float = 600.0,
+                 max_shard_mb: int = 4096, pause_mode: str = "abort"):
+        self.calls = _ServerCalls(urls, timeout_s)
+        self.directory = directory
+        self.max_shard_bytes = max_shard_mb << 20
+        self.pause_mode = pause_mode
+        self.version = 0
+
+    def save(self, named: NamedTensors) -> str:
+        from safetensors.torch import save_file
+
+        os.makedirs(self.directory, exist_ok=True)
+        for f in os.listdir(self.directory):
+            if f.endswith(".safetensors"):
+                os.remove(os.path.join(self.directory, f))
+        for i, shard in enumerate(bucket_named_tensors(named, self.max_shard_bytes)):
+            save_file({n: t.detach().cpu().contiguous() for n, t in shard},
+                      os.path.join(self.directory, f"model-{i:05d}.safetensors"), metadata={"format": "pt"})
+        return self.directory
+
+    def update(self, named: Optional[NamedTensors] = None, weight_version: Optional[str] = None,
+               model_path: Optional[str] = None) -> None:
+        """Save ``named`` (or use an existing checkpoint dir ``model_path``) and load it on every server."""
+        path = model_path or self.save(named or [])
+        self.version += 1
+        body = P.to_json(P.UpdateWeightFromDiskReqInput(model_path=path, weight_version=weight_version or str(self.version)))
+        with _PausedGeneration(self.calls, False, self.pause_mode, flush_wait_s=60.0):
+            self.calls.all("/update_weights_from_disk", body)
+
+    def close(self) -> None:
+        self.calls.close()
+
+
+def _sglang_tensor_types() -> Optional[tuple[Any, Any]]:
+    """SGLang's LocalSerializedTensor / FlattenedTensorBucket when SGLang is installed (GPU nodes)."""
+    try:
+        from sglang.srt.model_executor.model_runner_components.weight_updater import LocalSerializedTensor
+        from sglang.srt.weight_sync.tensor_bucket import FlattenedTensorBucket
+    except Exception:  # not installed (CPU), or moved in another version
+        return None
+    return LocalSerializedTensor, FlattenedTensorBucket
+
+
+def serialize_named_tensors(named: list[tuple[str, torch.Tensor]], tp_size: int = 1) -> list[str]:
+    """``serialized_named_tensors`` of /update_weights_from_tensor: one base64 string per engine TP rank.
+
+    Tensors are pickled with torch's ForkingPickler: CUDA tensors become IPC handles, CPU tensors
+    move to shared memory; the receiving process maps them without copying through HTTP. With
+    SGLang installed each tensor is wrapped in its ``LocalSerializedTensor`` (one entry per TP rank),
+    as ``sglang.srt.weight_sync.utils.update_weights`` does.
+    """
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401  (registers torch's reductions)
+
+    def dumps(obj: Any) -> str:
+        buf = io.BytesIO()
+        ForkingPickler(buf).dump(obj)
+        return base64.b64encode(buf.getvalue()).decode()
+
+    types = _sglang_tensor_types()
+    if types is not None:
+        local_cls, _ = types
+        per_tensor = [(n, local_cls(values=[dumps(t)] * tp_size)) for n, t in named]
+        return [dumps(per_tensor)] * tp_size
+    return [dumps(named)] * tp_size
+
+
+class TensorWeightSender:
+    """Colocated mode: servers and trainer share the devices of one node."""
+
+    def __init__(self, urls: Sequence[str], bucket_mb: int = 512, timeout_s: float = 600.0,
+                 engine_tp_size: int = 1, pause_mode: str = "abort"):
+        self.calls = _ServerCalls(urls, timeout_s)
+        self.bucket_bytes = int(bucket_mb) << 20
+        self.engine_tp_size = engine_tp_size
+        self.pause_mode = pause_mode
+        self.version = 0
+
+    def release(self) -> None:
+        """Before training: servers free weights and KV cache (needs --enable-memory-saver)."""
+        self.calls.all("/release_memory_occupation", P.to_json(P.MemoryOccupationReqInput()))
+
+    def update(self, named: NamedTensors, weight_version: Optional[str] = None,
+               before_kv: Optional[Callable[[], None]] = None) -> SyncStats:
+        """After training: resume weights, push buckets, resume KV cache (slime's order).
+
+        ``before_kv`` runs after the weights are in and before the KV cache comes back (the trainer
+        offloads its own state there).
+        """
+        self.version += 1
+        version = weight_version or str(self.version)
+        stats, t0 = SyncStats(), time.perf_counter()
+        self.calls.all("/resume_memory_occupation", P.to_json(P.MemoryOccupationReqInput(tags=["weights"])))
+        with _PausedGeneration(self.calls, True, self.pause_mode, flush_wait_s=60.0):
+            for bucket in bucket_named_tensors(named, self.bucket_bytes):
+                keep = [(n, t.detach().contiguous()) for n, t in bucket]  # alive until the server has read them
+                body = P.to_json(P.UpdateWeightsFromTensorReqInput(
+                    serialized_named_tensors=serialize_named_tensors(keep, self.engine_tp_size),
+                    flush_cache=True, weight_version=version))
+                self.calls.all("/update_weights_from_tensor", body)
+                stats.buckets += 1
+                stats.tensors += len(keep)
+                stats.bytes += sum(t.numel() * t.element_size() for _, t in keep)
+        if before_kv is not None:
+            before_kv()
+        self.calls.all("/resume_memory_occupation", P.to_json(P.MemoryOccupationReqInput(tags=["kv_cache"])))
+        stats.seconds = time.perf_counter() - t0
+        return stats
+
+    def close(self) -> None:
+        self.calls.close()

@@ -1,0 +1,34 @@
+import pytest
+
+from tests.rollout.helpers import RouterProcess, ServerProcess, make_tiny_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    """(dir, model, tokenizer) of a random tiny Qwen2.5-VL saved in HF format."""
+    d = tmp_path_factory.mktemp("tiny_qwen25vl")
+    model, tok = make_tiny_checkpoint(d, seed=0)
+    return d, model, tok
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_ckpt, tmp_path_factory):
+    """Two stand-in servers on the tiny checkpoint; killed after the module."""
+    logs = tmp_path_factory.mktemp("server_logs")
+    procs = [ServerProcess(tiny_ckpt[0], logs, f"s{i}") for i in range(2)]
+    try:
+        for p in procs:
+            p.wait_healthy()
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+
+
+@pytest.fixture(scope="module")
+def router(servers, tmp_path_factory):
+    r = RouterProcess([s.url for s in servers], tmp_path_factory.mktemp("router_logs"))
+    try:
+        yield r.wait_healthy(60)
+    finally:
+        r.kill()

@@ -1,0 +1,115 @@
+"""Tiny random Qwen2.5-VL checkpoints and stand-in server processes for the rollout tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import requests
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_qwen25vl_config(tok, vocab_size: int = 512):
+    from transformers import Qwen2_5_VLConfig
+
+    ids = {t: tok.convert_tokens_to_ids(t) for t in
+           ["<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|endoftext|>", "<|im_end|>"]}
+    return Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+            rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]}, tie_word_embeddings=False,
+            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], bos_token_id=None,
+        ),
+        vision_config=dict(
+            depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32, patch_size=14,
+            spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[0],
+        ),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+
+
+def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, tokenizer_dir: Optional[str | Path] = None):
+    """Save a random tiny Qwen2_5_VLForConditionalGeneration + tokenizer (HF format) into out_dir."""
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+    from megatron_mmr1.data.tokenizer import build_tokenizer
+
+    out_dir = Path(out_dir)
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir)) if tokenizer_dir else build_tokenizer(out_dir / "_tok", vocab_size=512)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(tiny_qwen25vl_config(tok)).eval()
+    with torch.no_grad():  # larger logits than the default init, so greedy output depends on weights
+        model.lm_head.weight.mul_(20)
+    model.save_pretrained(str(out_dir))
+    tok.save_pretrained(str(out_dir))
+    return model, tok
+
+
+class ServerProcess:
+    """``python -m megatron_mmr1.rollout.local_server`` on a free 127.0.0.1 port."""
+
+    def __init__(self, model_dir: str | Path, log_dir: str | Path, name: str = "server"):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(log_dir) / f"{name}-{self.port}.log"
+        self._log = open(self.log_path, "w")
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "megatron_mmr1.rollout.local_server", "--model", str(model_dir),
+             "--port", str(self.port), "--log-level", "WARNING"],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT),
+        )
+
+    def wait_healthy(self, timeout: float = 120.0) -> "ServerProcess":
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
+            try:
+                if requests.get(self.url + "/health", timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"server {self.url} not healthy after {timeout}s: {self.log_path.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self._log.close()
+
+
+class RouterProcess:
+    """The real sglang-router (Rust) in front of the given workers."""
+
+    def __init__(self, worker_urls: list[str], log_dir: str | Path, extra: Optional[list[str]] = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(log_dir) / f"router-{self.port}.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sglang_router.launch_router", "--worker-urls", *worker_urls,
+             "--policy", "round_robin", "--host", "127.0.0.1", "--port", str(self.port), *(extra or [])],
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    wait_healthy = ServerProcess.wait_healthy
+    kill = ServerProcess.kill

@@ -1,0 +1,132 @@
+"""Generation through the stand-in server (directly and behind the real sglang-router).
+
+Outside references: SGLang 0.5.23's /generate response format (list of n outputs, meta_info
+finish_reason / output_token_logprobs triples), and transformers' Qwen2.5-VL forward for the
+log-probs (log_softmax(logits / T) of each sampled token, recomputed without KV cache).
+"""
+
+import io
+
+import pytest
+import requests
+import torch
+from PIL import Image
+
+from megatron_mmr1.config import RolloutConfig
+from megatron_mmr1.data.sample import Sample, Status
+from megatron_mmr1.data.vision import VisionSpec
+from megatron_mmr1.rollout.client import RolloutClient, RolloutError
+from megatron_mmr1.rollout.engine import LocalEngine, image_to_base64
+
+PROMPT = "<|im_start|>user\n{img}How many circles are there?<|im_end|>\n<|im_start|>assistant\n"
+IMG = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+def _png(color=(200, 30, 30), size=(60, 44)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _prompts(tok):
+    text_only = PROMPT.format(img="")
+    return [
+        Sample(index=0, prompt=PROMPT.format(img=IMG), images=[_png()], answer="3"),
+        Sample(index=1, prompt=text_only, prompt_ids=tok(text_only, add_special_tokens=False).input_ids, answer="2"),
+    ]
+
+
+def _cfg(**kw) -> RolloutConfig:
+    base = dict(n=3, temperature=0.7, top_p=1.0, top_k=-1, max_inflight=4, request_timeout_s=120.0, max_retries=2)
+    base.update(kw)
+    return RolloutConfig(**base)
+
+
+def test_raw_generate_follows_sglang_format(servers):
+    body = {"text": "hello", "sampling_params": {"max_new_tokens": 4, "n": 2, "temperature": 1.0},
+            "return_logprob": True}
+    out = requests.post(servers[0].url + "/generate", json=body, timeout=60).json()
+    assert isinstance(out, list) and len(out) == 2  # n > 1 turns one prompt into a batch of n
+    for o in out:
+        meta = o["meta_info"]
+        assert set(meta) >= {"id", "finish_reason", "prompt_tokens", "completion_tokens", "weight_version"}
+        assert meta["finish_reason"]["type"] in ("stop", "length")
+        triples = meta["output_token_logprobs"]
+        assert [t[1] for t in triples] == o["output_ids"] and all(t[2] is None for t in triples)
+    single = requests.post(servers[0].url + "/generate", json={"text": "hi", "sampling_params": {"max_new_tokens": 2}},
+                           timeout=60).json()
+    assert isinstance(single, dict) and "output_token_logprobs" not in single["meta_info"]
+    bad = requests.post(servers[0].url + "/generate", json={"sampling_params": {}}, timeout=60)
+    assert bad.status_code == 400
+
+
+def test_n_samples_with_logprobs_match_transformers(servers, tiny_ckpt):
+    ckpt_dir, _, tok = tiny_ckpt
+    client = RolloutClient(_cfg(), [servers[0].url], max_new_tokens=12)
+    prompts = _prompts(tok)
+    out = client.generate(prompts)
+    assert len(out) == len(prompts) * 3
+    assert [s.index for s in out] == [0, 0, 0, 1, 1, 1] and [s.group_index for s in out] == [0, 0, 0, 1, 1, 1]
+    for s in out:
+        assert s.status in (Status.COMPLETED, Status.TRUNCATED)
+        assert len(s.response_ids) == len(s.rollout_logprobs) == len(s.loss_mask) > 0
+        assert all(lp <= 0 for lp in s.rollout_logprobs)
+        assert s.response == tok.decode(s.response_ids, skip_special_tokens=True)
+    assert len({tuple(s.response_ids) for s in out[:3]}) > 1, "3 samples at T=0.7 should not all agree"
+
+    # Recompute every response's log-probs with one full forward (no KV cache) of the HF model.
+    eng = LocalEngine(str(ckpt_dir))
+    img_b64 = image_to_base64(prompts[0].images[0])
+    ids, pv, thw = eng.encode(prompts[0].prompt, None, [img_b64])
+    h, w = Image.open(io.BytesIO(prompts[0].images[0])).size[::-1]
+    assert ids.count(eng.image_token_id) == VisionSpec().num_image_tokens(h, w)  # Qwen's smart_resize rule
+    vision_ids = {tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>")}
+    checked = [s for s in out if not vision_ids & set(s.response_ids)]  # a random model may emit them
+    assert len(checked) >= 4
+    for s in checked:
+        p_ids, kw = (ids, {"pixel_values": pv, "image_grid_thw": thw}) if s.index == 0 else (s.prompt_ids, {})
+        x = torch.tensor([p_ids + s.response_ids])
+        with torch.no_grad():
+            logits = eng.model(input_ids=x, **kw).logits[0, len(p_ids) - 1 : -1].float()
+        ref = torch.log_softmax(logits / 0.7, -1).gather(-1, torch.tensor(s.response_ids)[:, None])[:, 0]
+        torch.testing.assert_close(torch.tensor(s.rollout_logprobs), ref, atol=2e-4, rtol=0)
+
+
+def test_greedy_is_deterministic_and_stop_token_ends(servers, tiny_ckpt):
+    _, _, tok = tiny_ckpt
+    client = RolloutClient(_cfg(n=2, temperature=1.0), [servers[0].url], max_new_tokens=8)
+    a = client.generate(_prompts(tok)[1:], temperature=0.0)
+    assert a[0].response_ids == a[1].response_ids
+    stop_at = a[0].response_ids[2]
+    b = client.generate(_prompts(tok)[1:], temperature=0.0, n=1, stop_token_ids=[stop_at])
+    assert b[0].response_ids == a[0].response_ids[: a[0].response_ids.index(stop_at) + 1]
+    assert b[0].status == Status.COMPLETED
+
+
+def test_two_servers_behind_real_router(servers, router, tiny_ckpt):
+    _, _, tok = tiny_ckpt
+    before = [requests.get(s.url + "/get_server_info", timeout=10).json()["internal_states"][0]["served_generate_requests"]
+              for s in servers]
+    client = RolloutClient(_cfg(n=2), [router.url], max_new_tokens=6)
+    prompts = _prompts(tok) * 3
+    out = client.generate(prompts)
+    assert len(out) == 12 and all(len(s.rollout_logprobs) == len(s.response_ids) > 0 for s in out)
+    after = [requests.get(s.url + "/get_server_info", timeout=10).json()["internal_states"][0]["served_generate_requests"]
+             for s in servers]
+    served = [b - a for a, b in zip(before, after)]
+    assert sum(served) == 6 and min(served) >= 1, f"round_robin should use both workers: {served}"
+
+
+def test_bad_request_is_not_retried_and_errors_clearly(servers):
+    client = RolloutClient(_cfg(n=1, max_retries=3), [s.url for s in servers], max_new_tokens=4)
+    with pytest.raises(RolloutError, match="answered 400"):
+        client.generate([Sample(index=0, prompt="two pads " + IMG + IMG, images=[_png()])])
+    assert client.stats.retries == 0
+
+
+def test_no_server_left_names_every_url():
+    urls = [f"http://127.0.0.1:{p}" for p in (1, 2)]  # nothing listens on ports 1 and 2
+    client = RolloutClient(_cfg(), urls, max_new_tokens=4)
+    with pytest.raises(RolloutError, match="no healthy rollout server left") as e:
+        client.generate([Sample(index=0, prompt="x")])
+    assert all(u in str(e.value) for u in urls)
