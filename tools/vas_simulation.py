@@ -125,7 +125,6 @@ def run_arm(arm: str, seed: int, cfg: SimConfig) -> dict[str, list[float]]:
     alg = AlgorithmConfig()  # paper defaults: k3 KL 0.01, clip 0.2/0.2, token-mean
     env_gen = torch.Generator().manual_seed(20_000 + seed)
     score_gen = torch.Generator().manual_seed(30_000 + seed)
-    scoring = {"rollouts": 0}
 
     def score_fn(idx):
         _, acc = rollout(policy, idx, cfg.score_n, score_gen)
@@ -166,7 +165,6 @@ def run_arm(arm: str, seed: int, cfg: SimConfig) -> dict[str, list[float]]:
         hist["grad_norm"].append(norm)
         hist["accuracy"].append(policy.accuracy())
         hist["rollouts"].append(float(spent + prompts.scoring_rollouts))
-    scoring["rollouts"] = prompts.scoring_rollouts
     return hist
 
 

@@ -61,7 +61,7 @@ def test_drgrpo_no_std():
 def test_flat_ragged_matches_verl_loop(norm):
     g = torch.Generator().manual_seed(0)
     scores = torch.randint(0, 3, (23,), generator=g).float()
-    index = torch.randint(0, 6, (23,), generator=g).tolist() + []  # ragged, interleaved groups
+    index = torch.randint(0, 6, (23,), generator=g).tolist()  # ragged, interleaved groups
     index[5] = 99  # a group of one
     adv = compute_grpo_advantages(scores, torch.tensor(index), norm_by_std=norm)
     torch.testing.assert_close(adv, verl_grpo_reference(scores, index, norm_by_std=norm))
