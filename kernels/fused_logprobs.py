@@ -75,7 +75,7 @@ if HAS_TRITON:
             b = scale * (b + (m - m_new) * s) + tl.sum(e * d, axis=0)
             s = s * scale + tl.sum(e, axis=0)
             m = m_new
-            zt += tl.sum(tl.where(offs == y, z, 0.0), axis=0)
+            zt += tl.sum(tl.where((offs == y) & msk, z, 0.0), axis=0)
         tl.store(stats_ptr + row, m)
         tl.store(stats_ptr + n_rows + row, s)
         tl.store(stats_ptr + 2 * n_rows + row, b)
