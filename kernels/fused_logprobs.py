@@ -331,3 +331,25 @@ def reference_logprobs(hidden, weight, targets, *, temperature: float = 1.0, wit
         return logp
     entropy = -(logprobs.exp() * logprobs).sum(-1)
     return logp, entropy
+
+
+def aot_specs(dtype: str = "bf16") -> list[dict]:
+    """The production launches of this module's Triton kernels, for ahead-of-time compilation checks
+    (tests/kernels/test_aot_compile.py, tools/bench_kernels.py): kernel, signature, constexprs, num_warps."""
+    common = {"logits_ptr": f"*{dtype}", "stride_row": "i32", "targets_ptr": "*i64"}
+    return [
+        dict(
+            kernel=_vocab_stats_kernel,
+            signature={**common, "stats_ptr": "*fp32", "n_rows": "i32", "V": "i32", "vocab_start": "i32",
+                       "inv_temp": "fp32", "BLOCK_V": "constexpr"},
+            constexprs={"BLOCK_V": STATS_BLOCK_V},
+            num_warps=STATS_NUM_WARPS,
+        ),
+        dict(
+            kernel=_dlogits_kernel,
+            signature={**common, "lse_ptr": "*fp32", "zbar_ptr": "*fp32", "glp_ptr": "*fp32", "gent_ptr": "*fp32",
+                       "V": "i32", "vocab_start": "i32", "inv_temp": "fp32", "BLOCK_V": "constexpr"},
+            constexprs={"BLOCK_V": DLOGITS_BLOCK_V},
+            num_warps=DLOGITS_NUM_WARPS,
+        ),
+    ]
