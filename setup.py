@@ -18,6 +18,7 @@ BASE = [
     "einops",  # needed by megatron-core / mbridge model code
     "aiohttp",  # async rollout client + CPU stand-in rollout server
     "requests",  # simple synchronous SGLang admin calls
+    "psutil",  # megatron dist_checkpointing writer processes
 ]
 
 EXTRAS = {

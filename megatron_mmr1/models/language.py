@@ -1,0 +1,120 @@
+"""The Qwen2.5 language model of Qwen2.5-VL as a megatron-core ``GPTModel``.
+
+RMSNorm, SwiGLU, GQA with QKV bias, M-RoPE (3 sections), untied or tied embeddings per size.
+Transformer Engine spec on GPU when installed, megatron's local spec otherwise (CPU).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from megatron_mmr1.config import ModelConfig, ParallelConfig
+from megatron_mmr1.models.presets import resolve_model_dims
+
+
+def te_available() -> bool:
+    """TE raises ImportError without the package and RuntimeError without cuDNN: guard both."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except (ImportError, RuntimeError):
+        return False
+    return True
+
+
+def resolve_dtype(model_cfg: ModelConfig) -> torch.dtype:
+    if model_cfg.params_dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[model_cfg.params_dtype]
+
+
+def build_transformer_config(model_cfg: ModelConfig, parallel_cfg: ParallelConfig, **overrides: Any):
+    """megatron ``TransformerConfig`` for the language model of ``model_cfg``."""
+    from megatron.core.transformer import TransformerConfig
+
+    dims = resolve_model_dims(model_cfg)
+    dtype = resolve_dtype(model_cfg)
+    on_gpu = torch.cuda.is_available()
+    kwargs: dict[str, Any] = dict(
+        num_layers=dims["num_layers"],
+        hidden_size=dims["hidden_size"],
+        ffn_hidden_size=dims["ffn_hidden_size"],
+        num_attention_heads=dims["num_attention_heads"],
+        num_query_groups=dims["num_query_groups"],
+        kv_channels=dims["hidden_size"] // dims["num_attention_heads"],
+        normalization="RMSNorm",
+        layernorm_epsilon=dims["rms_norm_eps"],
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=True,
+        mrope_section=list(dims["mrope_section"]),
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+        tensor_model_parallel_size=parallel_cfg.tp,
+        pipeline_model_parallel_size=parallel_cfg.pp,
+        # megatron's torch-norm fallback (local spec, no TE/apex) cannot do sequence parallelism.
+        sequence_parallel=parallel_cfg.sequence_parallel and parallel_cfg.tp > 1 and uses_te(model_cfg),
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        use_cpu_initialization=not on_gpu,
+        # Fusions need CUDA kernels (apex/TE); the torch paths compute the same thing.
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        recompute_granularity=model_cfg.recompute,
+        recompute_method="uniform" if model_cfg.recompute == "full" else None,
+        recompute_num_layers=1 if model_cfg.recompute == "full" else None,
+    )
+    kwargs.update(overrides)
+    return TransformerConfig(**kwargs)
+
+
+def uses_te(model_cfg: ModelConfig) -> bool:
+    return model_cfg.attention_backend == "te" or (model_cfg.attention_backend == "auto" and te_available())
+
+
+def layer_spec(model_cfg: ModelConfig):
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    if uses_te(model_cfg):
+        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
+    return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+
+
+def build_language_model(
+    model_cfg: ModelConfig,
+    parallel_cfg: ParallelConfig,
+    pre_process: Optional[bool] = None,
+    post_process: Optional[bool] = None,
+    **config_overrides: Any,
+):
+    """One pipeline stage of the language model (megatron decides the stage from parallel_state)."""
+    from megatron.core import parallel_state as mpu
+    from megatron.core.models.gpt import GPTModel
+
+    dims = resolve_model_dims(model_cfg)
+    config = build_transformer_config(model_cfg, parallel_cfg, **config_overrides)
+    if pre_process is None:
+        pre_process = mpu.is_pipeline_first_stage()
+    if post_process is None:
+        post_process = mpu.is_pipeline_last_stage()
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(model_cfg),
+        vocab_size=dims["vocab_size"],
+        max_sequence_length=dims["max_position_embeddings"],
+        pre_process=pre_process,
+        post_process=post_process,
+        share_embeddings_and_output_weights=bool(dims["tie_word_embeddings"]),
+        position_embedding_type="mrope",
+        rotary_base=int(dims["rope_theta"]),
+    )
