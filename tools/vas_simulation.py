@@ -273,6 +273,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--shared-skill", type=float, default=None, help="weight of the shared skill logit")
     ap.add_argument("--lr", type=float, default=None, help="Adam learning rate")
+    ap.add_argument("--lam", type=float, default=None, help="VAS lambda (weighted share of each batch)")
+    ap.add_argument("--update-interval", type=int, default=None, help="VAS T_update")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "vas_simulation.png")
     ap.add_argument("--json", type=Path, default=None, help="also write the table and curves as JSON")
     args = ap.parse_args(argv)
@@ -287,6 +289,10 @@ def main(argv=None) -> dict:
         cfg.shared_skill = args.shared_skill
     if args.lr is not None:
         cfg.lr = args.lr
+    if args.lam is not None:
+        cfg.lam = args.lam
+    if args.update_interval is not None:
+        cfg.update_interval = args.update_interval
     t0 = time.time()
     results = simulate(cfg)
     table = summarise(results, cfg)
