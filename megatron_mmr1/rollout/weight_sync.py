@@ -303,8 +303,16 @@ def serialize_named_tensors(named: list[tuple[str, torch.Tensor]], tp_size: int 
     import torch.multiprocessing  # noqa: F401  (registers torch's reductions)
 
     def dumps(obj: Any) -> str:
-        buf = io.BytesIO()
-        ForkingPickler(buf).dump(obj)
+        # CPU tensors: share by shared-memory file name. The default "file_descriptor" strategy
+        # passes fds through multiprocessing's resource sharer, which only trusts processes with
+        # the sender's authkey (its children), not an independently started server.
+        strategy = torch.multiprocessing.get_sharing_strategy()
+        torch.multiprocessing.set_sharing_strategy("file_system")
+        try:
+            buf = io.BytesIO()
+            ForkingPickler(buf).dump(obj)
+        finally:
+            torch.multiprocessing.set_sharing_strategy(strategy)
         return base64.b64encode(buf.getvalue()).decode()
 
     types = _sglang_tensor_types()

@@ -11,9 +11,10 @@ def tiny_ckpt(tmp_path_factory):
     return d, model, tok
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def servers(tiny_ckpt, tmp_path_factory):
-    """Two stand-in servers on the tiny checkpoint; killed after the module."""
+    """Two stand-in servers on the tiny checkpoint, shared by all rollout tests (start-up is the
+    slow part). Tests that change their weights put the checkpoint back; none kills them."""
     logs = tmp_path_factory.mktemp("server_logs")
     procs = [ServerProcess(tiny_ckpt[0], logs, f"s{i}") for i in range(2)]
     try:
@@ -25,7 +26,7 @@ def servers(tiny_ckpt, tmp_path_factory):
             p.kill()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def router(servers, tmp_path_factory):
     r = RouterProcess([s.url for s in servers], tmp_path_factory.mktemp("router_logs"))
     try:

@@ -1,0 +1,88 @@
+"""Killing one of two servers mid-rollout loses no request: it is retried on the other, and logged.
+
+Once with the client talking to both servers directly (the client retries), once with the real
+sglang-router in front of them (router and client retries together).
+"""
+
+import logging
+import re
+import threading
+import time
+
+import pytest
+import requests
+
+from megatron_mmr1.config import RolloutConfig
+from megatron_mmr1.data.sample import Sample
+from megatron_mmr1.rollout.client import RolloutClient
+from tests.rollout.helpers import RouterProcess, ServerProcess
+
+PROMPT = "<|im_start|>user\nCount the triangles.<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="module")
+def victims(tiny_ckpt, tmp_path_factory):
+    """Two disposable servers (started together), each killed by one test."""
+    logs = tmp_path_factory.mktemp("victim_logs")
+    procs = [ServerProcess(tiny_ckpt[0], logs, f"victim{i}") for i in range(2)]
+    try:
+        for p in procs:
+            p.wait_healthy()
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+
+
+def _running(url: str) -> int:
+    try:
+        info = requests.get(url + "/get_server_info", timeout=5).json()
+        return info["internal_states"][0]["running_requests"] + info["internal_states"][0]["served_generate_requests"]
+    except requests.RequestException:
+        return 0
+
+
+def _rollout_and_kill(client: RolloutClient, victim: ServerProcess, n_prompts: int) -> list[Sample]:
+    prompts = [Sample(index=i, prompt=PROMPT) for i in range(n_prompts)]
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(out=client.generate(prompts)), daemon=True)
+    t.start()
+    end = time.monotonic() + 120
+    while _running(victim.url) == 0 and time.monotonic() < end:  # the victim is busy with our requests
+        time.sleep(0.05)
+    victim.kill()
+    t.join(timeout=300)
+    assert not t.is_alive(), "rollout did not finish after a server was killed"
+    return result["out"]
+
+
+def test_kill_one_of_two_direct(servers, victims, caplog):
+    victim = victims[0]
+    cfg = RolloutConfig(n=2, temperature=1.0, max_inflight=4, request_timeout_s=120.0, max_retries=3)
+    client = RolloutClient(cfg, [victim.url, servers[0].url], max_new_tokens=32, health_interval_s=0.5)
+    with caplog.at_level(logging.WARNING, logger="megatron_mmr1.rollout.client"):
+        out = _rollout_and_kill(client, victim, n_prompts=8)
+    assert len(out) == 16 and sorted({s.index for s in out}) == list(range(8))
+    assert all(s.response_ids and len(s.rollout_logprobs) == len(s.response_ids) for s in out)
+    assert client.stats.failures.get(victim.url, 0) >= 1 and client.stats.retries >= 1
+    assert any(victim.url in r.getMessage() and "retry" in r.getMessage() for r in caplog.records)
+    assert not client.servers[0].healthy and client.servers[1].healthy
+
+
+def test_kill_one_of_two_behind_router(servers, victims, caplog, tmp_path):
+    victim = victims[1]
+    router = RouterProcess([victim.url, servers[1].url], tmp_path).wait_healthy(60)
+    try:
+        cfg = RolloutConfig(n=2, temperature=1.0, max_inflight=4, request_timeout_s=120.0, max_retries=5)
+        client = RolloutClient(cfg, [router.url], max_new_tokens=32, backoff_s=0.5)
+        with caplog.at_level(logging.WARNING, logger="megatron_mmr1.rollout.client"):
+            out = _rollout_and_kill(client, victim, n_prompts=8)
+        assert len(out) == 16 and sorted({s.index for s in out}) == list(range(8))
+        assert all(s.response_ids for s in out)
+        # The failure is logged: by our client when the router passed it on, else by the router.
+        router_log = re.sub(r"\x1b\[[0-9;]*m", "", router.log_path.read_text())  # drop ANSI colours
+        router_logged = any("ERROR" in line and f"worker_url={victim.url}" in line for line in router_log.splitlines())
+        client_logged = any("retry" in r.getMessage() and router.url in r.getMessage() for r in caplog.records)
+        assert router_logged or client_logged
+    finally:
+        router.kill()

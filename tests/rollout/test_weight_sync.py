@@ -1,0 +1,163 @@
+"""Weight sync trainer -> stand-in servers over SGLang's endpoints.
+
+Outside references: SGLang 0.5.23's weight-update protocol (init group, begin/end session,
+update_weights_from_distributed with per-tensor or flattened_bucket broadcasts over gloo,
+get_weights_by_name rows), and transformers' greedy generate of the pushed weights.
+"""
+
+import threading
+
+import pytest
+import requests
+import torch
+
+from megatron_mmr1.config import RolloutConfig
+from megatron_mmr1.data.sample import Sample
+from megatron_mmr1.rollout.client import RolloutClient, RolloutError
+from megatron_mmr1.rollout.engine import module_to_checkpoint_name
+from megatron_mmr1.rollout.weight_sync import (
+    DiskWeightSender,
+    DistributedWeightSender,
+    TensorWeightSender,
+    bucket_named_tensors,
+)
+from tests.rollout.helpers import tiny_qwen25vl_config
+
+@pytest.fixture(scope="module", autouse=True)
+def restore_checkpoint(servers, tiny_ckpt, tmp_path_factory):
+    """Other modules share these servers: put the original weights back afterwards."""
+    yield
+    sender = DiskWeightSender([s.url for s in servers], str(tmp_path_factory.mktemp("restore")))
+    sender.update(model_path=str(tiny_ckpt[0]), weight_version="default")
+    sender.close()
+
+
+PROMPT = "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n"
+PROBE = "model.layers.0.self_attn.q_proj.weight"
+
+
+def new_weights(tok, seed: int):
+    """A differently-seeded model of the same shape: its HF checkpoint names and tensors."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    m = Qwen2_5_VLForConditionalGeneration(tiny_qwen25vl_config(tok)).eval()
+    with torch.no_grad():
+        m.lm_head.weight.mul_(20)
+    return m, [(module_to_checkpoint_name(n), p.detach().clone()) for n, p in m.named_parameters()]
+
+
+def hf_greedy(model, tok, n_tokens: int = 8) -> list[int]:
+    ids = torch.tensor([tok(PROMPT, add_special_tokens=False).input_ids])
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_tokens, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+    seq = out[0, ids.shape[1]:].tolist()
+    eos = model.generation_config.eos_token_id
+    return seq[: seq.index(eos) + 1] if eos in seq else seq
+
+
+def served_greedy(url: str, tok, n_tokens: int = 8) -> tuple[list[int], str]:
+    out = requests.post(url + "/generate", json={
+        "input_ids": tok(PROMPT, add_special_tokens=False).input_ids,
+        "sampling_params": {"max_new_tokens": n_tokens, "temperature": 0.0}}, timeout=60).json()
+    return out["output_ids"], out["meta_info"]["weight_version"]
+
+
+def probe(url: str, rows: int = 2) -> torch.Tensor:
+    r = requests.post(url + "/get_weights_by_name", json={"name": PROBE, "truncate_size": rows}, timeout=30)
+    assert r.status_code == 200, r.text
+    return torch.tensor(r.json())
+
+
+def test_buckets_respect_size_and_dtype():
+    ts = [("a", torch.zeros(4)), ("b", torch.zeros(4)), ("c", torch.zeros(2, dtype=torch.bfloat16)), ("d", torch.zeros(100))]
+    assert [[n for n, _ in b] for b in bucket_named_tensors(ts, 32)] == [["a", "b"], ["c"], ["d"]]
+    assert [[n for n, _ in b] for b in bucket_named_tensors(ts, 0)] == [["a"], ["b"], ["c"], ["d"]]
+
+
+@pytest.mark.parametrize("flattened,bucket_mb", [(False, 0), (True, 1)])
+def test_distributed_update_over_gloo(servers, tiny_ckpt, flattened, bucket_mb):
+    _, model0, tok = tiny_ckpt
+    urls = [s.url for s in servers]
+    before = [served_greedy(u, tok)[0] for u in urls]
+    seed = 11 if flattened else 12
+    model1, named = new_weights(tok, seed)
+    expected = hf_greedy(model1, tok)
+    assert expected != before[0], "seeds must give different greedy output for the test to mean anything"
+
+    sender = DistributedWeightSender(urls, backend="gloo", bucket_mb=bucket_mb, flattened=flattened)
+    try:
+        stats = sender.update(named, weight_version=f"v{seed}")
+        assert stats.tensors == len(named)
+        assert stats.buckets == (1 if flattened else len(named))
+        for u in urls:
+            ref = dict(named)[PROBE][:2]
+            torch.testing.assert_close(probe(u), ref, rtol=0, atol=0)
+            got, version = served_greedy(u, tok)
+            assert got == expected and version == f"v{seed}"
+        # a second update through the same group (the group is created once)
+        _, named2 = new_weights(tok, seed + 100)
+        sender.update(named2)
+        torch.testing.assert_close(probe(urls[1]), dict(named2)[PROBE][:2], rtol=0, atol=0)
+    finally:
+        sender.close()
+
+
+def test_update_during_rollout_loses_no_request(servers, tiny_ckpt):
+    """Generation paused (abort) mid-rollout: aborted requests are resubmitted, all complete."""
+    _, _, tok = tiny_ckpt
+    cfg = RolloutConfig(n=2, temperature=1.0, max_inflight=2, request_timeout_s=120.0, max_retries=1)
+    client = RolloutClient(cfg, [servers[0].url], max_new_tokens=48, backoff_s=0.1)
+    prompts = [Sample(index=i, prompt=PROMPT) for i in range(6)]
+    result = {}
+    t = threading.Thread(target=lambda: result.update(out=client.generate(prompts)))
+    t.start()
+    _, named = new_weights(tok, 21)
+    sender = DistributedWeightSender([servers[0].url], backend="gloo")
+    try:
+        while client.stats.requests < 2:  # wait until generation is under way
+            threading.Event().wait(0.05)
+        sender.update(named, weight_version="mid")
+    finally:
+        sender.close()
+        t.join(timeout=300)
+    out = result["out"]
+    assert len(out) == 12 and all(s.response_ids for s in out)
+    assert "mid" in {s.metadata.get("weight_version") for s in out}  # later requests saw the new weights
+
+
+def test_disk_fallback(servers, tiny_ckpt, tmp_path):
+    _, _, tok = tiny_ckpt
+    model, named = new_weights(tok, 31)
+    sender = DiskWeightSender([s.url for s in servers], str(tmp_path / "sync"))
+    sender.update(named, weight_version="disk1")
+    for s in servers:
+        torch.testing.assert_close(probe(s.url), dict(named)[PROBE][:2], rtol=0, atol=0)
+        assert served_greedy(s.url, tok) == (hf_greedy(model, tok), "disk1")
+    sender.close()
+
+
+def test_colocated_release_resume_and_tensor_update(servers, tiny_ckpt):
+    _, _, tok = tiny_ckpt
+    url = servers[0].url
+    sender = TensorWeightSender([url], bucket_mb=1)
+    sender.release()
+    client = RolloutClient(RolloutConfig(n=1, max_retries=0), [url], max_new_tokens=4)
+    with pytest.raises(RolloutError, match="released"):
+        client.generate([Sample(index=0, prompt=PROMPT)])
+    model, named = new_weights(tok, 41)
+    called = []
+    stats = sender.update(named, weight_version="colo1", before_kv=lambda: called.append(1))
+    assert called == [1] and stats.tensors == len(named)
+    torch.testing.assert_close(probe(url), dict(named)[PROBE][:2], rtol=0, atol=0)
+    assert served_greedy(url, tok) == (hf_greedy(model, tok), "colo1")
+    sender.close()
+
+
+def test_update_outside_session_is_refused_like_sglang(servers):
+    r = requests.post(servers[0].url + "/update_weights_from_distributed",
+                      json={"names": ["lm_head.weight"], "dtypes": ["float32"], "shapes": [[1]]}, timeout=30)
+    assert r.status_code == 400 and "begin_weight_update" in r.json()["message"]
+    r = requests.post(servers[0].url + "/init_weights_update_group", json={"master_address": "127.0.0.1"}, timeout=30)
+    assert r.status_code == 400  # master_port, rank_offset, world_size are required
