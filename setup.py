@@ -52,7 +52,7 @@ setup(
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
-            "mmr1-train=megatron_mmr1.cli:main",
+            "mmr1-train=megatron_mmr1.train:main",
             "mmr1-convert=megatron_mmr1.models.convert:main",
         ]
     },

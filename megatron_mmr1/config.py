@@ -223,8 +223,8 @@ class SamplerConfig:
 
 @dataclass
 class TrainingConfig:
-    mode: Literal["sft", "grpo"] = "grpo"
-    """Cold-start SFT or GRPO RL."""
+    mode: Literal["sft", "grpo", "lm_smoke"] = "grpo"
+    """Cold-start SFT, GRPO RL, or lm_smoke (megatron LM steps on synthetic tokens: checks the stack)."""
     train_iters: int = 100
     """Optimizer steps (GRPO: rollout steps) to run."""
     epochs: Optional[int] = None

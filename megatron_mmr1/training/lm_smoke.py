@@ -141,10 +141,19 @@ def train_step(cfg: RunConfig, model, optimizer, batches: list[SmokeBatch], seq_
     return loss, float(grad_norm or 0.0)
 
 
-def run(cfg: RunConfig, dist_info: DistInfo, steps: int, seq_length: int = 32) -> list[float]:
-    """Train ``steps`` steps; returns the loss per step (on the last pipeline stage, else empty)."""
+def loss_for_logging(loss: Optional[float], device: torch.device) -> float:
+    """The last pipeline stage's loss, averaged over DP, on every rank (so rank 0 can log it)."""
+    import torch.distributed as dist
     from megatron.core import parallel_state as mpu
 
+    t = torch.tensor([loss if loss is not None else 0.0], device=device)
+    dist.broadcast(t, src=mpu.get_pipeline_model_parallel_last_rank(), group=mpu.get_pipeline_model_parallel_group())
+    dist.all_reduce(t, group=mpu.get_data_parallel_group())
+    return float(t) / mpu.get_data_parallel_world_size()
+
+
+def run(cfg: RunConfig, dist_info: DistInfo, steps: int, seq_length: int = 32) -> list[float]:
+    """Train ``steps`` steps; returns the loss per step (the same list on every rank)."""
     dims = resolve_model_dims(cfg.model)
     model = build_model(cfg)
     optimizer = build_optimizer(cfg, model)
@@ -157,7 +166,7 @@ def run(cfg: RunConfig, dist_info: DistInfo, steps: int, seq_length: int = 32) -
         batches = synthetic_batches(cfg.parallel.seed + 1000 * step + dist_info.dp_rank, num_micro,
                                     cfg.training.micro_batch_size, seq_length, dims["vocab_size"], dist_info.device)
         loss, grad_norm = train_step(cfg, model, optimizer, batches, seq_length)
-        if mpu.is_pipeline_last_stage() and mpu.get_tensor_model_parallel_rank() == 0:
-            losses.append(loss)
-            logger.info("step %d | loss %.4f | grad norm %.3f", step + 1, loss, grad_norm)
+        loss = loss_for_logging(loss, dist_info.device)
+        losses.append(loss)
+        logger.info("step %d | loss %.4f | grad norm %.3f", step + 1, loss, grad_norm)
     return losses

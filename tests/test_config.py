@@ -1,0 +1,99 @@
+"""Run-config loading: typed sections, dotted overrides, and one clear error naming the key."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megatron_mmr1.config import ConfigError, RunConfig, field_docs, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((REPO / "examples" / "configs").glob("*.yaml"))
+
+
+def test_defaults_follow_paper_table6():
+    cfg = load_config()
+    assert (cfg.vps.alpha, cfg.vps.beta, cfg.sampler.lam, cfg.vps.update_interval) == (0.8, 0.2, 0.5, 56)
+    assert (cfg.rollout.n, cfg.rollout.temperature, cfg.algorithm.kl_coef) == (8, 0.6, 0.01)
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.training.global_batch_size) == (1e-6, 0.01, 512)
+
+
+def test_overrides_are_typed(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("optim:\n  lr: 1e-5\nparallel:\n  tp: 2\n")  # YAML 1.1 reads 1e-5 as a string
+    cfg = load_config(path, ["parallel.pp=2", "data.train_files=[a.jsonl, b.parquet]", "algorithm.clip_ratio_c=3"],
+                      world_size=8)
+    assert cfg.optim.lr == 1e-5 and isinstance(cfg.optim.lr, float)
+    assert (cfg.parallel.tp, cfg.parallel.pp) == (2, 2)
+    assert cfg.data.train_files == ["a.jsonl", "b.parquet"]
+    assert cfg.algorithm.clip_ratio_c == 3.0
+
+
+@pytest.mark.parametrize("overrides,world_size,needle", [
+    (["model.foo=1"], None, "unknown config key 'model.foo'"),
+    (["bogus=1"], None, "unknown config key 'bogus'"),
+    (["parallel.tp=3"], None, "parallel.tp=3 does not divide model.num_attention_heads=4"),
+    (["model.num_attention_heads=8", "parallel.tp=4"], None, "parallel.tp=4 does not divide model.num_query_groups=2"),
+    (["parallel.pp=5"], None, "parallel.pp=5 is larger than model.num_layers=4"),
+    (["parallel.tp=2"], 3, "world size 3 is not divisible by parallel.tp*parallel.pp=2"),
+    (["training.micro_batch_size=3"], None, "training.global_batch_size=512 is not a multiple of training.micro_batch_size=3"),
+    (["training.micro_batch_size=64"], 16, "micro_batch_size*dp=64*16"),
+    (["training.rollout_batch_size=3", "rollout.n=5"], None, "does not divide the 15 responses"),
+    (["parallel.tp=two"], None, "parallel.tp: expected an integer, got 'two'"),
+    (["sampler.lam=1.5"], None, "sampler.lam=1.5 must be in [0, 1]"),
+    (["sampler.type=weighted"], None, "sampler.type: 'weighted' is not one of"),
+    (["vps.tds_metrics=[bleu]"], None, "vps.tds_metrics: unknown metric 'bleu'"),
+    (["model.preset=qwen9"], None, "model.preset: unknown preset 'qwen9'"),
+    (["model.hf_path=/nonexistent/ckpt"], None, "model.hf_path"),
+    (["parallel.tp"], None, "override 'parallel.tp' is not of the form key.sub=value"),
+])
+def test_bad_configs_name_the_key(overrides, world_size, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides, world_size=world_size)
+    assert needle in str(e.value)
+
+
+def test_presets_validate_at_full_size():
+    load_config(None, ["model.preset=qwen2.5-vl-72b", "parallel.tp=8", "parallel.pp=4"], world_size=64)
+    with pytest.raises(ConfigError, match="parallel.tp=16 does not divide model.num_query_groups=8"):
+        load_config(None, ["model.preset=qwen2.5-vl-72b", "parallel.tp=16"])
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_configs_load(path):
+    assert isinstance(load_config(path), RunConfig)
+
+
+def test_every_field_documented():
+    import dataclasses
+
+    from megatron_mmr1 import config as c
+
+    for cls in (c.ModelConfig, c.ParallelConfig, c.DataConfig, c.RolloutConfig, c.RewardConfig, c.AlgorithmConfig,
+                c.VPSConfig, c.SamplerConfig, c.TrainingConfig, c.OptimizerConfig, c.CheckpointConfig, c.LoggingConfig):
+        docs = field_docs(cls)
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in docs]
+        assert not missing, f"{cls.__name__} fields without a doc line: {missing}"
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["model.foo=1"], "unknown config key 'model.foo'"),
+    (["parallel.tp=3"], "parallel.tp=3 does not divide model.num_attention_heads=4"),
+])
+def test_cli_exits_nonzero_with_one_line(tmp_path, overrides, needle):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model:\n  preset: tiny\n")
+    proc = subprocess.run([sys.executable, "-m", "megatron_mmr1.train", "--config", str(cfg), *overrides],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_cli_unknown_key_in_yaml(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("parallel:\n  tensor_parallel: 2\n")
+    proc = subprocess.run([sys.executable, "-m", "megatron_mmr1.train", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown config key 'parallel.tensor_parallel'" in proc.stderr
