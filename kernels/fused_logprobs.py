@@ -145,23 +145,25 @@ def _local_target(targets: torch.Tensor, vocab_start: int, V: int) -> tuple[torc
 
 def _stats_torch(logits: torch.Tensor, targets: torch.Tensor, vocab_start: int, inv_temp: float) -> torch.Tensor:
     C, V = logits.shape
-    z = logits.float() * inv_temp  # [C, V] fp32
-    m = z.max(dim=1).values if V else torch.full((C,), -1e30, device=z.device)
-    zm = z - m[:, None]
-    e = torch.exp(zm)
+    zm = logits.float() * inv_temp  # [C, V] fp32 (the one copy), becomes z - max in place
+    m = zm.max(dim=1).values if V else torch.full((C,), -1e30, device=zm.device)
+    zm.sub_(m[:, None])
     y, hit = _local_target(targets, vocab_start, V)
-    zt = torch.where(hit, z.gather(1, y[:, None]).squeeze(1), torch.zeros_like(m))
-    return torch.stack([m, e.sum(1), (e * zm).sum(1), zt])  # [4, C]
+    zt = torch.where(hit, zm.gather(1, y[:, None]).squeeze(1) + m, torch.zeros_like(m))
+    e = torch.exp(zm)  # [C, V]
+    s = e.sum(1)
+    b = e.mul_(zm).sum(1)
+    return torch.stack([m, s, b, zt])  # [4, C]
 
 
 def _dlogits_torch(logits, targets, lse, zbar, glp, gent, vocab_start: int, inv_temp: float) -> None:
     C, V = logits.shape
-    z = logits.float() * inv_temp  # [C, V]
-    p = torch.exp(z - lse[:, None])
-    dz = -p * (glp[:, None] + gent[:, None] * (z - zbar[:, None]))
+    t = logits.float() * inv_temp - lse[:, None]  # [C, V] z - lse (two fp32 temporaries in all)
+    p = torch.exp(t)
+    t.add_((lse - zbar)[:, None]).mul_(gent[:, None]).add_(glp[:, None]).mul_(p)  # p (glp + gent (z - zbar))
     y, hit = _local_target(targets, vocab_start, V)
-    dz.scatter_add_(1, y[:, None], torch.where(hit, glp, torch.zeros_like(glp))[:, None])
-    logits.copy_(dz * inv_temp)
+    t.scatter_add_(1, y[:, None], -torch.where(hit, glp, torch.zeros_like(glp))[:, None])
+    logits.copy_(t.mul_(-inv_temp))  # dz / temperature = [glp (onehot - p) - gent p (z - zbar)] / T
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,9 +219,10 @@ def chunk_dlogits_(logits, targets, st: ChunkStats, glp, gent, inv_temp, vocab_s
 
 
 def default_chunk_size(V_local: int, dtype: torch.dtype, T: int) -> int:
-    """Token rows per chunk: a power of two with C * V_local * itemsize <= CHUNK_BYTES, in [256, 8192]."""
+    """Token rows per chunk: the largest power of two with C * V_local * itemsize <= CHUNK_BYTES and
+    C <= T / 8 (so the buffer stays well under the full logits), within [256, 8192]."""
     itemsize = torch.empty((), dtype=dtype).element_size()
-    c = max(1, CHUNK_BYTES // max(V_local * itemsize, 1))
+    c = max(1, min(CHUNK_BYTES // max(V_local * itemsize, 1), T // 8))
     c = 1 << (c.bit_length() - 1)
     return int(min(max(c, 256), 8192, max(T, 1)))
 

@@ -25,8 +25,8 @@ Kogge-Stone scan), in torch; on CPU the C ``Levenshtein`` package is used instea
 
 from __future__ import annotations
 
+import functools
 import itertools
-import math
 from dataclasses import dataclass
 from typing import Sequence, Union
 
@@ -82,6 +82,25 @@ def pack_groups(groups: GroupsLike, device: torch.device | str | None = None) ->
 
 def _fields(p: PackedGroups):
     return p.tokens, p.seq_lens, p.seq_group, p.group_sizes
+
+
+def _cpu_single_thread(fn):
+    """Run on one intra-op thread on CPU: these are many short memory-bound ops (plus numpy sorts),
+    where OpenMP hand-offs cost more than they give, badly so on shared or oversubscribed cores
+    (measured: 20x slower with 2 threads on a busy 2-core machine). The caller's setting is restored."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        n = torch.get_num_threads()
+        if n == 1:
+            return fn(*args, **kwargs)
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(n)
+
+    return wrapper
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,6 +180,7 @@ def pass_rate_variance(rewards: torch.Tensor) -> torch.Tensor:
     return p * (1.0 - p)
 
 
+@_cpu_single_thread
 def distinct_n(groups: GroupsLike, n: int = 3) -> torch.Tensor:
     """Unique n-grams / all n-grams, pooled over the sequences of each group. -> [G] float64."""
     if not 1 <= n <= 4:
@@ -174,6 +194,7 @@ def distinct_n(groups: GroupsLike, n: int = 3) -> torch.Tensor:
     return torch.where(total > 0, uniq / total.clamp(min=1.0), torch.zeros_like(total))
 
 
+@_cpu_single_thread
 def self_bleu(groups: GroupsLike, max_n: int = 3) -> torch.Tensor:
     """Mean NLTK sentence-BLEU (uniform weights over 1..max_n, smoothing method1, epsilon 0.1) of each
     sequence against the other sequences of its group. -> [G] float64."""
@@ -219,6 +240,7 @@ def self_bleu(groups: GroupsLike, max_n: int = 3) -> torch.Tensor:
     return torch.where(p.group_sizes >= 2, per_group / sizes.clamp(min=1.0), torch.ones_like(sizes))
 
 
+@_cpu_single_thread
 def edit_distance(groups: GroupsLike, backend: str = "auto") -> torch.Tensor:
     """Mean over pairs i < j of Levenshtein(seq_i, seq_j) / max(len_i, len_j). -> [G] float64.
 

@@ -1,0 +1,341 @@
+"""Side-by-side benchmarks of mmr1_kernels, measured in one run; prints a table and JSON lines.
+
+1. GRPO loss from hidden states, forward + backward: the torch reference (full logits + log_softmax),
+   the fused kernel (Triton on CUDA, its torch row ops on CPU), Liger-Kernel's fused linear GRPO when
+   installed, and the three GEMMs no design can avoid (logits, d hidden, d weight) as the floor.
+   Columns: time, peak extra memory, achieved FLOP/s and bytes/s against the device's peak.
+2. VPS statistics vs the MMR1 reference approach (NLTK sentence_bleu and per-pair Levenshtein in
+   Python loops, Python sets for distinct-n) on the same inputs: time, speedup, max |difference|.
+
+    python tools/bench_kernels.py --quick      # CPU, small shapes, < 1 min
+    python tools/bench_kernels.py              # full shapes (GPU: T in {4k, 16k}, H=3584, V=152064, bf16)
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import math
+import random
+import statistics
+import time
+
+import torch
+
+import mmr1_kernels as K
+
+# dense bf16 tensor-core peak FLOP/s and HBM bytes/s (datasheets, SXM parts)
+GPU_PEAKS = {"H100": (989.4e12, 3.35e12), "H200": (989.4e12, 4.8e12), "A100": (312e12, 2.0e12)}
+
+LOSS_KW = dict(eps_low=0.2, eps_high=0.28, clip_c=3.0, kl_coef=0.01, kl_estimator="low_var_kl", entropy_coef=0.0,
+               temperature=0.6, loss_agg_mode="token-mean")
+
+
+def emit(rows: list[dict], **row) -> None:
+    rows.append(row)
+    print("JSON " + json.dumps(row), flush=True)
+
+
+# ----------------------------------------------------------------------------- measurement helpers
+
+
+def sync(dev: str) -> None:
+    if dev == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, dev: str, repeat: int) -> float:
+    """Median wall seconds of fn() over `repeat` runs after one warm-up."""
+    fn()
+    sync(dev)
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        sync(dev)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def _cpu_limit_malloc_caching() -> None:
+    """Make glibc return every large block to the OS (fixed mmap threshold), so that the peak resident
+    set measures peak tensor memory on CPU."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB, disables the dynamic threshold
+    except OSError:
+        pass
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def peak_extra_bytes(fn, dev: str) -> int:
+    """Peak memory allocated by fn() above what was allocated before it."""
+    if dev == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak resident set (VmHWM)
+        f.write("5")
+    base = _status_kb("VmRSS")
+    fn()
+    return (_status_kb("VmHWM") - base) * 1024
+
+
+def device_peaks(dev: str, dtype: torch.dtype) -> tuple[float, float, str]:
+    """(FLOP/s, bytes/s, source): datasheet numbers on known GPUs, else measured here (a large GEMM and
+    a large copy), so that 'fraction of peak' is always stated against something."""
+    if dev == "cuda":
+        name = torch.cuda.get_device_name()
+        for key, (f, b) in GPU_PEAKS.items():
+            if key in name:
+                return f, b, f"datasheet {key}"
+    n = 2048 if dev == "cpu" else 8192
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    t = timed(lambda: a @ a, dev, 3)
+    x = torch.empty(64 * 2**20 // 4, device=dev)
+    tb = timed(lambda: x.clone(), dev, 3)
+    return 2 * n**3 / t, 2 * x.numel() * 4 / tb, "measured here (GEMM, copy)"
+
+
+# ----------------------------------------------------------------------------- 1. GRPO loss
+
+
+def loss_inputs(T, H, V, dtype, dev, seq=1024):
+    g = torch.Generator().manual_seed(0)
+    B = max(1, T // seq)
+    S = T // B
+    x = (torch.randn(B, S, H, generator=g) * 0.05).to(dev, dtype)
+    w = (torch.randn(V, H, generator=g) * 0.05).to(dev, dtype)
+    y = torch.randint(0, V, (B, S), generator=g).to(dev)
+    old = (-torch.rand(B, S, generator=g) * 8).to(dev)
+    ref = old + 0.1 * torch.randn(B, S, generator=g).to(dev)
+    adv = torch.randn(B, 1, generator=g).expand(B, S).contiguous().to(dev)
+    mask = (torch.rand(B, S, generator=g) < 0.9).float().to(dev)
+    return x, w, y, old, ref, adv, mask
+
+
+def run_loss_impl(impl: str, inputs, dev):
+    x, w, y, old, ref, adv, mask = inputs
+    xr, wr = x.detach().requires_grad_(True), w.detach().requires_grad_(True)
+
+    def fn():
+        xr.grad = wr.grad = None
+        if impl == "reference":
+            out = K.reference_grpo_loss(xr, wr, y, old, ref, adv, mask, upcast=False, **LOSS_KW)
+            loss = out.loss
+        elif impl == "fused":
+            loss = K.fused_grpo_loss(xr, wr, y, old, ref, adv, mask, **LOSS_KW).loss
+        elif impl == "liger":
+            loss = _liger_loss(xr, wr, y, old, ref, adv, mask)
+        else:
+            raise ValueError(impl)
+        loss.backward()
+        return loss
+
+    return fn
+
+
+def _liger_loss(x, w, y, old, ref, adv, mask):
+    from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
+
+    mod = LigerFusedLinearGRPOLoss(beta=LOSS_KW["kl_coef"], use_ref_model=True, epsilon_low=LOSS_KW["eps_low"],
+                                   epsilon_high=LOSS_KW["eps_high"], loss_type="bnpo",
+                                   temperature=LOSS_KW["temperature"])
+    out = mod(x, w, y, mask, adv[:, 0], ref_per_token_logps=ref, old_per_token_logps=old)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def gemm3(T, H, V, dtype, dev):
+    """The 3 matmuls any design needs: logits = X W^T, dX = dZ W, dW = dZ^T X (full size, one each)."""
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(T, H, generator=g).to(dev, dtype)
+    W = torch.randn(V, H, generator=g).to(dev, dtype)
+    dZ = torch.empty(T, V, device=dev, dtype=dtype)
+
+    def fn():
+        torch.matmul(X, W.t(), out=dZ)
+        X.copy_(dZ @ W)
+        return dZ.t() @ X
+
+    return fn
+
+
+def bench_loss(shapes, dtype, dev, repeat, rows):
+    fpk, bpk, src = device_peaks(dev, dtype)
+    print(f"\n== GRPO loss fwd+bwd from hidden states ({dev}, {dtype}; peaks {fpk / 1e12:.3g} TFLOP/s, "
+          f"{bpk / 1e9:.0f} GB/s, {src}) ==")
+    try:
+        import liger_kernel  # noqa: F401
+
+        have_liger = dev == "cuda"
+    except ImportError:
+        have_liger = False
+    hdr = f"{'T':>6} {'H':>5} {'V':>7} | {'impl':<9} {'ms':>9} {'peak MB':>9} {'TFLOP/s':>8} {'%peak':>6} " \
+          f"{'GB/s':>7} | vs ref"
+    print(hdr + "\n" + "-" * len(hdr))
+    isz = torch.empty((), dtype=dtype).element_size()
+    for T, H, V in shapes:
+        flops = 6.0 * T * H * V  # three GEMMs of 2 T H V
+        inputs = loss_inputs(T, H, V, dtype, dev)
+        impls = ["reference", "fused"] + (["liger"] if have_liger else [])
+        res = {}
+        for impl in impls:
+            try:
+                fn = run_loss_impl(impl, inputs, dev)
+                t = timed(fn, dev, repeat)
+                mem = peak_extra_bytes(fn, dev)
+                res[impl] = (t, mem)
+            except Exception as e:  # a third-party column must not end the run
+                print(f"{T:>6} {H:>5} {V:>7} | {impl:<9} failed: {type(e).__name__}: {str(e)[:80]}")
+        t3 = timed(gemm3(T, H, V, dtype, dev), dev, repeat)
+        # modelled traffic: fused = logits written, read by the stats pass, read+written as dlogits, read by
+        # the dX and dW GEMMs (6 T V) + X, W, dX, dW; reference = the same GEMM traffic plus fp32 log-softmax,
+        # entropy and their backward over [T, V] (about 12 fp32 passes)
+        io = 2 * (T * H + V * H) * isz
+        bytes_model = {"fused": 6 * T * V * isz + io, "reference": 3 * T * V * isz + 12 * T * V * 4 + io,
+                       "liger": 6 * T * V * isz + io}
+        t_ref = res.get("reference", (math.nan, 0))[0]
+        for impl, (t, mem) in res.items():
+            tf = flops / t
+            bw = bytes_model[impl] / t
+            print(f"{T:>6} {H:>5} {V:>7} | {impl:<9} {t * 1e3:>9.2f} {mem / 2**20:>9.1f} {tf / 1e12:>8.3g} "
+                  f"{100 * tf / fpk:>5.1f}% {bw / 1e9:>7.1f} | {t_ref / t:>5.2f}x faster")
+            emit(rows, bench="grpo_loss_fwd_bwd", device=dev, dtype=str(dtype), T=T, H=H, V=V, impl=impl,
+                 ms=t * 1e3, peak_extra_mb=mem / 2**20, tflops=tf / 1e12, frac_peak_flops=tf / fpk,
+                 gbps_model=bw / 1e9, frac_peak_bw=bw / bpk, speedup_vs_reference=t_ref / t)
+        print(f"{T:>6} {H:>5} {V:>7} | {'3 GEMMs':<9} {t3 * 1e3:>9.2f} {'':>9} {flops / t3 / 1e12:>8.3g} "
+              f"{100 * flops / t3 / fpk:>5.1f}%")
+        if "fused" in res and "reference" in res:
+            mem_ratio = res["fused"][1] / max(res["reference"][1], 1)
+            t_ratio = res["fused"][0] / t3
+            print(f"{'':>22} targets: fused/3-GEMM time {t_ratio:.2f}x (goal <= 1.15x on GPU), "
+                  f"fused/reference peak memory {mem_ratio:.3f} (goal <= 0.125)")
+            emit(rows, bench="grpo_loss_targets", device=dev, T=T, H=H, V=V, gemm3_ms=t3 * 1e3,
+                 fused_over_gemm3_time=t_ratio, fused_over_reference_peak_mem=mem_ratio,
+                 fused_over_liger_time=res["fused"][0] / res["liger"][0] if "liger" in res else None)
+        del inputs
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------- 2. VPS statistics
+
+
+def vps_groups(G, N, L, vocab=32000, seed=0):
+    """Rollout-like groups: N variants of one base response (70% shared tokens), ragged lengths."""
+    rng = random.Random(seed)
+    groups = []
+    for _ in range(G):
+        base = [rng.randrange(vocab) for _ in range(L)]
+        g = []
+        for _ in range(N):
+            n = rng.randint(L // 2, L)
+            g.append([t if rng.random() < 0.7 else rng.randrange(vocab) for t in base[:n]])
+        groups.append(g)
+    return groups
+
+
+def reference_vps(groups, which):
+    """The MMR1-code approach: NLTK sentence_bleu / Levenshtein per pair / sets, in Python loops."""
+    out = []
+    if which == "self_bleu":
+        from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+        sm = SmoothingFunction().method1
+        for g in groups:
+            s = [sentence_bleu([r for j, r in enumerate(g) if j != i], h, weights=(1 / 3,) * 3, smoothing_function=sm)
+                 for i, h in enumerate(g)]
+            out.append(sum(s) / len(s))
+    elif which == "edit_distance":
+        import Levenshtein
+
+        for g in groups:
+            d = [Levenshtein.distance(g[i], g[j]) / max(len(g[i]), len(g[j]), 1)
+                 for i in range(len(g)) for j in range(i + 1, len(g))]
+            out.append(sum(d) / len(d))
+    elif which == "distinct_n":
+        for g in groups:
+            grams = [tuple(s[i : i + 3]) for s in g for i in range(len(s) - 2)]
+            out.append(len(set(grams)) / len(grams))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def bench_vps(G, N, L, dev, rows):
+    print(f"\n== VPS statistics: {G} groups x {N} rollouts x <= {L} tokens ({dev}) ==")
+    groups = vps_groups(G, N, L)
+    t0 = time.perf_counter()
+    packed = K.pack_groups(groups, device=dev)
+    sync(dev)
+    t_pack = time.perf_counter() - t0
+    ours = {"self_bleu": lambda: K.self_bleu(packed, 3), "distinct_n": lambda: K.distinct_n(packed, 3),
+            "edit_distance": lambda: K.edit_distance(packed)}
+    hdr = f"{'metric':<14} | {'reference s':>11} {'ours s':>8} | {'speedup':>8} | max |diff|"
+    print(hdr + "\n" + "-" * len(hdr))
+    tot_ref, tot_ours = 0.0, t_pack
+    for name, fn in ours.items():
+        t0 = time.perf_counter()
+        want = reference_vps(groups, name)
+        t_ref = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        got = fn()
+        sync(dev)
+        t_ours = time.perf_counter() - t0
+        diff = float((got.cpu() - want).abs().max())
+        tot_ref += t_ref
+        tot_ours += t_ours
+        print(f"{name:<14} | {t_ref:>11.3f} {t_ours:>8.3f} | {t_ref / t_ours:>7.1f}x | {diff:.1e}")
+        emit(rows, bench="vps", metric=name, device=dev, G=G, N=N, L=L, reference_s=t_ref, ours_s=t_ours,
+             speedup=t_ref / t_ours, max_abs_diff=diff)
+    print(f"{'all (+pack)':<14} | {tot_ref:>11.3f} {tot_ours:>8.3f} | {tot_ref / tot_ours:>7.1f}x |  (pack {t_pack:.3f} s)")
+    emit(rows, bench="vps", metric="all", device=dev, G=G, N=N, L=L, reference_s=tot_ref, ours_s=tot_ours,
+         speedup=tot_ref / tot_ours)
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small CPU shapes, under a minute")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--skip-loss", action="store_true")
+    ap.add_argument("--skip-vps", action="store_true")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (--quick: 1, for stable numbers on shared cores)")
+    args = ap.parse_args(argv)
+    dev = "cpu" if args.quick else args.device
+    if dev == "cpu":
+        _cpu_limit_malloc_caching()
+    threads = args.threads or (1 if args.quick else None)
+    if threads:
+        torch.set_num_threads(threads)
+    print(f"device {dev}" + (f" ({torch.cuda.get_device_name()})" if dev == "cuda" else "")
+          + f", torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s)")
+    rows: list[dict] = []
+    if not args.skip_loss:
+        if dev == "cuda":
+            bench_loss([(4096, 3584, 152064), (16384, 3584, 152064)], torch.bfloat16, dev, 5, rows)
+        elif args.quick:
+            bench_loss([(1024, 256, 8192), (2048, 256, 8192)], torch.float32, dev, 1, rows)
+        else:
+            bench_loss([(2048, 512, 32768), (4096, 512, 65536)], torch.float32, dev, 2, rows)
+    if not args.skip_vps:
+        if args.quick:
+            bench_vps(32, 8, 512, dev, rows)
+        else:
+            bench_vps(512, 8, 1024, "cpu", rows)
+            if dev == "cuda":
+                bench_vps(512, 8, 1024, dev, rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
