@@ -45,6 +45,7 @@ from megatron_mmr1.data.vision import (
     open_image,
     oriented_size,
     patchify,
+    patchify_uint8,
     read_bytes,
 )
 
@@ -177,21 +178,19 @@ class DaliImageProcessor:
                 self.stats["pillow"] += 1
             return
         for (k, _, _, first, second), x in zip(jobs, outs):
-            chw = self._exact(x, first, second) if self.resize == "exact" else x
-            patches, gh, gw = patchify(chw, self.spec)
+            if self.resize == "exact":
+                patches, gh, gw = patchify_uint8(self._exact(x, first, second), self.spec)
+            else:  # DALI already normalised: float32 [3, h, w]
+                patches, gh, gw = patchify(x, self.spec)
             results[k] = ProcessedImages(patches, torch.tensor([[1, gh, gw]], dtype=torch.long))
             self.stats["dali"] += 1
 
     def _exact(self, hwc: torch.Tensor, first: tuple, second: tuple) -> torch.Tensor:
-        """uint8 [H, W, 3] -> normalised float32 [3, h, w]: Pillow's bicubic, then rescale + normalise."""
+        """uint8 [H, W, 3] -> uint8 [h, w, 3] with Pillow's bicubic (on the tensor's device)."""
         from megatron_mmr1.data.resample import pillow_bicubic
 
         vertical_first = first[1] == hwc.shape[1] and first[0] != hwc.shape[0]
-        x = pillow_bicubic(hwc, second, vertical_first=vertical_first).to(torch.float32)
-        mean = torch.tensor(CLIP_MEAN, dtype=torch.float32, device=x.device)
-        std = torch.tensor(CLIP_STD, dtype=torch.float32, device=x.device)
-        x = (x * torch.tensor(1.0 / 255.0, dtype=torch.float32) - mean) / std
-        return x.permute(2, 0, 1)  # (3, h, w)
+        return pillow_bicubic(hwc, second, vertical_first=vertical_first)
 
     # ---------------------------------------------------------------------------------------------
 

@@ -236,6 +236,24 @@ def patchify(chw: torch.Tensor, spec: VisionSpec) -> tuple[torch.Tensor, int, in
     return x.reshape(gh * gw, c * t * p * p), gh, gw
 
 
+def patchify_uint8(hwc: torch.Tensor, spec: VisionSpec) -> tuple[torch.Tensor, int, int]:
+    """uint8 [H, W, 3] -> normalised patches; same numbers as normalize_hwc + patchify, ~3x faster.
+
+    Rearranging the 1-byte pixels first (contiguous) and normalising in place in torch saves the float32
+    round trips through numpy (3.7 vs 16.4 ms for 644x476, one thread); the float32 operations
+    (x * (1/255) - mean) / std are the same, so are the bits.
+    """
+    h, w, c = hwc.shape
+    p, m, t = spec.patch_size, spec.merge_size, spec.temporal_patch_size
+    gh, gw = h // p, w // p
+    x = hwc.reshape(gh // m, m, p, gw // m, m, p, c).permute(0, 3, 1, 4, 6, 2, 5).contiguous()  # (gh/m, gw/m, m, m, C, p, p)
+    x = x.to(torch.float32).mul_(torch.tensor(1.0 / 255.0, dtype=torch.float32))
+    x = x.sub_(torch.tensor(CLIP_MEAN, dtype=torch.float32, device=x.device).view(c, 1, 1))
+    x = x.div_(torch.tensor(CLIP_STD, dtype=torch.float32, device=x.device).view(c, 1, 1))
+    x = x.unsqueeze(5).expand(*x.shape[:5], t, p, p)  # (gh/m, gw/m, m, m, C, T, p, p)
+    return x.reshape(gh * gw, c * t * p * p), gh, gw
+
+
 # --------------------------------------------------------------------------------------------------
 # The Pillow decoder
 # --------------------------------------------------------------------------------------------------
@@ -254,8 +272,7 @@ class PillowImageProcessor:
         th, tw = self.spec.target_size(img.height, img.width)
         if (img.height, img.width) != (th, tw):
             img = img.resize((tw, th), resample=Image.Resampling.BICUBIC)
-        chw = torch.from_numpy(normalize_hwc(np.asarray(img))).permute(2, 0, 1)  # (3, H, W) view
-        patches, gh, gw = patchify(chw, self.spec)
+        patches, gh, gw = patchify_uint8(torch.from_numpy(np.array(img)), self.spec)
         return ProcessedImages(patches, torch.tensor([[1, gh, gw]], dtype=torch.long))
 
     def __call__(self, images: Sequence[ImageSource]) -> ProcessedImages:
