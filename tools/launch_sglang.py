@@ -1,0 +1,199 @@
+"""Start N rollout servers (and sglang-router in front of them) on this node, wait until healthy,
+print their URLs, and keep them running until interrupted.
+
+    # GPU node: 4 SGLang servers of TP 2 on GPUs 0-7, router on :30000
+    python tools/launch_sglang.py --model /ckpt/Qwen2.5-VL-7B-Instruct --num-servers 4 --tp 2 \\
+        --router-port 30000 --url-file /shared/run1/rollout_urls.json -- --mem-fraction-static 0.6
+
+    # CPU: the in-repo stand-in servers (same HTTP API)
+    python tools/launch_sglang.py --backend local --model /tmp/tiny --num-servers 2
+
+Arguments after ``--`` go to every ``sglang.launch_server`` unchanged. Server i runs on GPUs
+``[gpu_offset + i*tp, gpu_offset + (i+1)*tp)`` (set through CUDA_VISIBLE_DEVICES). The output is
+one line per URL (``server <url>`` ..., then ``router <url>``) and, with ``--url-file``, a JSON
+file ``{"servers": [...], "router": url|null}`` that multi-node scripts pass to the trainer as
+``rollout.server_urls``. ``--detach`` returns once healthy and leaves the servers running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import requests
+
+
+@dataclass
+class Launch:
+    name: str
+    cmd: list[str]
+    url: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def _ports(host: str, first: int, count: int) -> list[int]:
+    out, p = [], first
+    while len(out) < count:
+        if _port_free(host, p):
+            out.append(p)
+        p += 1
+    return out
+
+
+def build_launches(args: argparse.Namespace, extra: list[str]) -> list[Launch]:
+    """The server and router command lines (pure: no process is started)."""
+    host = args.host
+    ports = _ports(host, args.base_port, args.num_servers) if args.find_free_ports else [
+        args.base_port + i for i in range(args.num_servers)
+    ]
+    url_host = args.advertise_host or host
+    launches = []
+    for i, port in enumerate(ports):
+        if args.backend == "sglang":
+            gpus = range(args.gpu_offset + i * args.tp, args.gpu_offset + (i + 1) * args.tp)
+            cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", args.model, "--host", host,
+                   "--port", str(port), "--tp-size", str(args.tp), "--trust-remote-code"]
+            if args.enable_memory_saver:
+                cmd.append("--enable-memory-saver")
+            env = {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus)}
+        else:
+            cmd = [sys.executable, "-m", "megatron_mmr1.rollout.local_server", "--model", args.model,
+                   "--host", host, "--port", str(port)]
+            env = {"OMP_NUM_THREADS": "1"}
+        launches.append(Launch(f"server{i}", cmd + list(extra), f"http://{url_host}:{port}", env))
+    if args.router_port is not None:
+        rport = _ports(host, args.router_port, 1)[0] if args.find_free_ports else args.router_port
+        cmd = [sys.executable, "-m", "sglang_router.launch_router", "--worker-urls",
+               *[l.url for l in launches], "--policy", args.router_policy, "--host", host, "--port", str(rport)]
+        launches.append(Launch("router", cmd, f"http://{url_host}:{rport}"))
+    return launches
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float, log: Optional[Path] = None) -> None:
+    """Poll ``url/health`` until 200; a process that exits first is an error with its log tail."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"{url}: process exited with code {proc.returncode} before it was healthy\n{tail}")
+        try:
+            if requests.get(url + "/health", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not healthy after {timeout_s:.0f}s" + (f" (log: {log})" if log else ""))
+
+
+def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, list[str]]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="HF checkpoint directory (Qwen2.5-VL)")
+    ap.add_argument("--backend", choices=["sglang", "local"], default="sglang",
+                    help="sglang: real SGLang servers (GPU); local: the CPU stand-in with the same API")
+    ap.add_argument("--num-servers", type=int, default=1)
+    ap.add_argument("--tp", type=int, default=1, help="GPUs per server (SGLang --tp-size)")
+    ap.add_argument("--gpu-offset", type=int, default=0, help="first GPU id to use on this node")
+    ap.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 for multi-node)")
+    ap.add_argument("--advertise-host", default=None, help="host name written into the URLs (default: --host)")
+    ap.add_argument("--base-port", type=int, default=30010)
+    ap.add_argument("--router-port", type=int, default=None, help="start sglang-router on this port")
+    ap.add_argument("--router-policy", default="round_robin")
+    ap.add_argument("--no-find-free-ports", dest="find_free_ports", action="store_false",
+                    help="use base-port + i exactly instead of the next free ports")
+    ap.add_argument("--enable-memory-saver", action="store_true", help="colocated mode (release/resume memory)")
+    ap.add_argument("--timeout-s", type=float, default=900.0, help="health wait per process")
+    ap.add_argument("--log-dir", default="outputs/sglang_logs")
+    ap.add_argument("--url-file", default=None)
+    ap.add_argument("--detach", action="store_true", help="exit once healthy; servers keep running")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    return ap.parse_args(argv), extra
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args, extra = parse_args(argv)
+    launches = build_launches(args, extra)
+    if args.dry_run:
+        for l in launches:
+            env = " ".join(f"{k}={v}" for k, v in l.env.items())
+            print(f"{l.name}: {env + ' ' if env else ''}{shlex.join(l.cmd)}")
+        return 0
+    log_dir = Path(args.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs: list[tuple[Launch, subprocess.Popen, Path]] = []
+
+    def stop(*_: object) -> None:
+        for _, p, _ in reversed(procs):
+            if p.poll() is None:
+                p.terminate()
+        for _, p, _ in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    try:
+        for l in launches:
+            if l.name == "router":  # the router checks its workers at start: they must be up
+                for sl, sp, slog in procs:
+                    wait_healthy(sl.url, sp, args.timeout_s, slog)
+            log = log_dir / f"{l.name}.log"
+            f = open(log, "w")
+            procs.append((l, subprocess.Popen(l.cmd, stdout=f, stderr=subprocess.STDOUT,
+                                              env={**os.environ, **l.env}, start_new_session=args.detach), log))
+        for l, p, log in procs:
+            wait_healthy(l.url, p, args.timeout_s, log)
+    except BaseException as e:
+        stop()
+        if isinstance(e, KeyboardInterrupt):
+            return 130
+        print(f"launch_sglang: {e}", file=sys.stderr)
+        return 1
+    servers = [l.url for l in launches if l.name != "router"]
+    router = next((l.url for l in launches if l.name == "router"), None)
+    for u in servers:
+        print(f"server {u}", flush=True)
+    if router:
+        print(f"router {router}", flush=True)
+    if args.url_file:
+        Path(args.url_file).write_text(json.dumps({"servers": servers, "router": router}) + "\n")
+    if args.detach:
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
+    try:
+        while all(p.poll() is None for _, p, _ in procs):
+            time.sleep(1)
+        dead = [l.name for l, p, _ in procs if p.poll() is not None]
+        print(f"launch_sglang: {dead} exited; stopping the rest", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
