@@ -1,6 +1,7 @@
 """Qwen2.5-VL size presets (values from the Hugging Face ``config.json`` of each *-Instruct model).
 
-Resolution order for a run: preset < ``model.hf_path``/config.json < explicit ``model.*`` fields.
+Resolution order for a run: preset < special-token ids of ``model.tokenizer_path`` <
+``model.hf_path``/config.json < explicit ``model.*`` fields.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ _VISION_BASE = dict(
     window_size=112,
     fullatt_block_indexes=[7, 15, 23, 31],
     in_chans=3,
+    tokens_per_second=2,
 )
 
 _LM_BASE = dict(
@@ -27,6 +29,13 @@ _LM_BASE = dict(
     mrope_section=[16, 24, 24],
     rms_norm_eps=1e-6,
     max_position_embeddings=128000,
+    # Qwen2.5-VL's special-token ids (its tokenizer's added tokens start at 151643).
+    image_token_id=151655,
+    video_token_id=151656,
+    vision_start_token_id=151652,
+    vision_end_token_id=151653,
+    bos_token_id=151643,
+    eos_token_id=151645,
 )
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -35,6 +44,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         _LM_BASE,
         num_layers=4, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
         vocab_size=2048, tie_word_embeddings=False, mrope_section=[2, 3, 3], max_position_embeddings=4096,
+        # Ids of megatron_mmr1.data.tokenizer at vocab 2048 (its 22 added tokens fill ids 2026..2047);
+        # model.tokenizer_path / hf_path override them.
+        image_token_id=2038, video_token_id=2039, vision_start_token_id=2035, vision_end_token_id=2036,
+        bos_token_id=2026, eos_token_id=2028,
         vision=dict(_VISION_BASE, vision_depth=2, vision_hidden_size=32, vision_num_heads=2,
                     vision_intermediate_size=64, fullatt_block_indexes=[1]),
     ),
@@ -78,35 +91,131 @@ _OVERRIDABLE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_h
                 "vocab_size")
 
 
+_HF_TOKEN_KEYS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
+                  "bos_token_id", "eos_token_id")
+
+# HF vision_config key -> our name (older configs say in_chans, newer in_channels).
+_HF_VISION_KEYS = {
+    "depth": "vision_depth",
+    "hidden_size": "vision_hidden_size",
+    "num_heads": "vision_num_heads",
+    "intermediate_size": "vision_intermediate_size",
+    "patch_size": "patch_size",
+    "spatial_merge_size": "spatial_merge_size",
+    "temporal_patch_size": "temporal_patch_size",
+    "window_size": "window_size",
+    "fullatt_block_indexes": "fullatt_block_indexes",
+    "in_chans": "in_chans",
+    "in_channels": "in_chans",
+    "tokens_per_second": "tokens_per_second",
+}
+
+
 def read_hf_config(hf_path: str | Path) -> dict[str, Any]:
-    """Model dims from a Hugging Face Qwen2.5-VL ``config.json`` (either layout)."""
-    path = Path(hf_path) / "config.json"
+    """Model dims from a Hugging Face Qwen2.5-VL ``config.json`` (flat or text_config layout)."""
+    root = Path(hf_path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: Hugging Face checkpoint directory does not exist")
+    path = root / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no config.json in the Hugging Face checkpoint directory {hf_path}")
-    raw = json.loads(path.read_text())
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
     archs = raw.get("architectures") or []
     model_type = raw.get("model_type")
     if model_type not in ("qwen2_5_vl",) and "Qwen2_5_VLForConditionalGeneration" not in archs:
-        raise ValueError(f"{path}: model_type={model_type!r} architectures={archs}: not a Qwen2.5-VL checkpoint")
+        raise ValueError(f"{path}: model_type={model_type!r} architectures={archs}: not a Qwen2.5-VL checkpoint "
+                         "(expected model_type 'qwen2_5_vl' / Qwen2_5_VLForConditionalGeneration)")
     text = dict(raw)
     text.update(raw.get("text_config") or {})
     out: dict[str, Any] = {ours: text[hf] for hf, ours in _HF_TEXT_KEYS.items() if hf in text}
+    # transformers 5 keeps tie_word_embeddings at the top level; older saves had it in text_config too.
+    out["tie_word_embeddings"] = bool(raw.get("tie_word_embeddings") or text.get("tie_word_embeddings"))
     rope = text.get("rope_scaling") or text.get("rope_parameters") or {}
     if "mrope_section" in rope:
         out["mrope_section"] = list(rope["mrope_section"])
     if "rope_theta" in rope and "rope_theta" not in out:
         out["rope_theta"] = rope["rope_theta"]
+    for key in _HF_TOKEN_KEYS:
+        value = raw.get(key, text.get(key))
+        if isinstance(value, list):
+            value = value[0]
+        if value is not None:
+            out[key] = value
+    vision_raw = raw.get("vision_config") or {}
+    vision = dict(_VISION_BASE)
+    vision.update({ours: vision_raw[hf] for hf, ours in _HF_VISION_KEYS.items() if hf in vision_raw})
+    out["vision"] = vision
     out["hf_config"] = raw
     return out
 
 
+def hf_config_dict(dims: dict[str, Any]) -> dict[str, Any]:
+    """A Hugging Face Qwen2.5-VL ``config.json`` (original flat layout) for resolved ``dims``.
+
+    Used when no checkpoint config exists (a preset trained from scratch, tests' tiny models).
+    """
+    v = dims["vision"]
+    return {
+        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+        "model_type": "qwen2_5_vl",
+        "hidden_act": "silu",
+        "hidden_size": dims["hidden_size"],
+        "intermediate_size": dims["ffn_hidden_size"],
+        "num_hidden_layers": dims["num_layers"],
+        "num_attention_heads": dims["num_attention_heads"],
+        "num_key_value_heads": dims["num_query_groups"],
+        "vocab_size": dims["vocab_size"],
+        "max_position_embeddings": dims["max_position_embeddings"],
+        "rms_norm_eps": dims["rms_norm_eps"],
+        "rope_theta": dims["rope_theta"],
+        "rope_scaling": {"type": "mrope", "mrope_section": list(dims["mrope_section"])},
+        "tie_word_embeddings": bool(dims["tie_word_embeddings"]),
+        "attention_dropout": 0.0,
+        "use_sliding_window": False,
+        **{k: dims[k] for k in _HF_TOKEN_KEYS},
+        "vision_config": {
+            "depth": v["vision_depth"],
+            "hidden_size": v["vision_hidden_size"],
+            "num_heads": v["vision_num_heads"],
+            "intermediate_size": v["vision_intermediate_size"],
+            "out_hidden_size": dims["hidden_size"],
+            "hidden_act": "silu",
+            "patch_size": v["patch_size"],
+            "spatial_merge_size": v["spatial_merge_size"],
+            "temporal_patch_size": v["temporal_patch_size"],
+            "window_size": v["window_size"],
+            "fullatt_block_indexes": list(v["fullatt_block_indexes"]),
+            "in_chans": v["in_chans"],
+            "tokens_per_second": v["tokens_per_second"],
+        },
+    }
+
+
+def _tokenizer_ids(tokenizer_path: str | Path) -> dict[str, int]:
+    """Special-token ids from a tokenizer dir's tokenizer.json (no transformers import needed)."""
+    path = Path(tokenizer_path) / "tokenizer.json"
+    if not path.is_file():
+        return {}
+    added = {t["content"]: t["id"] for t in json.loads(path.read_text()).get("added_tokens", [])}
+    names = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
+             "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>",
+             "bos_token_id": "<|endoftext|>", "eos_token_id": "<|im_end|>"}
+    return {k: added[v] for k, v in names.items() if v in added}
+
+
 def resolve_model_dims(model_cfg: Any) -> dict[str, Any]:
-    """Merge preset, checkpoint config.json and explicit fields of a :class:`ModelConfig`."""
+    """Merge preset, tokenizer ids, checkpoint config.json and explicit fields of a :class:`ModelConfig`."""
     from megatron_mmr1.config import ConfigError
 
     if model_cfg.preset not in PRESETS:
         raise ConfigError(f"model.preset: unknown preset '{model_cfg.preset}' (known: {', '.join(PRESETS)})")
     dims = dict(PRESETS[model_cfg.preset])
+    dims["vision"] = dict(dims["vision"])
+    if getattr(model_cfg, "tokenizer_path", None):
+        dims.update(_tokenizer_ids(model_cfg.tokenizer_path))
     if model_cfg.hf_path:
         try:
             dims.update(read_hf_config(model_cfg.hf_path))

@@ -1,0 +1,205 @@
+"""Qwen2.5-VL as one megatron model chunk: HF vision tower (first PP stage) + megatron GPTModel.
+
+    chunks = build_model(cfg)                     # one chunk per (virtual) pipeline stage
+    logits = chunks[0](input_ids, None, attention_mask, pixel_values=pv, image_grid_thw=thw)
+    hidden = chunks[0](..., return_hidden=True)   # + chunks[0].output_layer_weight() for fused losses
+
+Every stage computes the 3-D M-RoPE positions itself from ``input_ids`` + ``image_grid_thw``
+(:func:`get_rope_index`), so only hidden states travel between pipeline stages.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor
+
+from megatron_mmr1.config import ConfigError, ModelConfig, ParallelConfig, RunConfig
+from megatron_mmr1.models.language import build_language_model, build_transformer_config, resolve_dtype
+from megatron_mmr1.models.presets import resolve_model_dims
+from megatron_mmr1.models.rope_index import get_rope_index
+from megatron_mmr1.models.vision import build_vision_model, image_embeddings
+
+
+def check_parallel_dims(dims: dict[str, Any], tp: int, pp: int) -> None:
+    """One clear error when TP/PP cannot split this model."""
+    heads, groups, layers = dims["num_attention_heads"], dims["num_query_groups"], dims["num_layers"]
+    for name, value in (("num_attention_heads", heads), ("num_query_groups", groups),
+                        ("ffn_hidden_size", dims["ffn_hidden_size"]), ("vocab_size", dims["vocab_size"])):
+        if value % tp != 0:
+            raise ConfigError(f"parallel.tp={tp} does not divide model {name}={value}")
+    if pp > layers:
+        raise ConfigError(f"parallel.pp={pp} is larger than model num_layers={layers}")
+
+
+def _padding_to_mask(attention_mask: Optional[Tensor]) -> Optional[Tensor]:
+    """(b, s) 1/0 padding mask -> megatron's (b, 1, s, s) bool mask (True = masked), or None when the
+    causal mask alone is exact (no padding, or padding only on the right of every row)."""
+    if attention_mask is None or attention_mask.dim() != 2:
+        return attention_mask  # None or an already built (b, 1, s, s) mask
+    keep = attention_mask.bool()
+    right_padded = bool((keep[:, 1:] <= keep[:, :-1]).all())  # no token after a pad
+    if right_padded:
+        return None
+    s = keep.shape[1]
+    causal = torch.ones(s, s, dtype=torch.bool, device=keep.device).triu(1)  # (s, s) True above diagonal
+    return causal[None, None] | ~keep[:, None, None, :]  # (b, 1, s, s)
+
+
+class Qwen25VLModel(torch.nn.Module):
+    """One pipeline stage of Qwen2.5-VL. Exposes the attributes megatron's schedules and
+    finalize_model_grads look up on a model chunk (set_input_tensor, pre/post_process, tied
+    embeddings), so it drops in wherever megatron expects a GPTModel."""
+
+    def __init__(self, model_cfg: ModelConfig, parallel_cfg: ParallelConfig,
+                 pre_process: bool, post_process: bool, init_weights: bool = True):
+        super().__init__()
+        self.dims = resolve_model_dims(model_cfg)
+        check_parallel_dims(self.dims, parallel_cfg.tp, parallel_cfg.pp)
+        self.pre_process, self.post_process = pre_process, post_process
+        self.freeze_vision = model_cfg.freeze_vision
+        # init_weights=False skips megatron's random init when weights are loaded right after.
+        self.language_model = build_language_model(model_cfg, parallel_cfg, pre_process, post_process,
+                                                   perform_initialization=init_weights)
+        self.config = self.language_model.config
+        self.model_type = self.language_model.model_type
+        self.vision_model = None
+        if pre_process:
+            self.vision_model = build_vision_model(
+                self.dims, resolve_dtype(model_cfg), freeze=model_cfg.freeze_vision,
+                recompute=model_cfg.recompute is not None)
+        self.share_embeddings_and_output_weights = self.language_model.share_embeddings_and_output_weights
+
+    # ---- what megatron's schedules / grad finalisation call on a chunk ----------------------------
+    def set_input_tensor(self, input_tensor) -> None:
+        self.language_model.set_input_tensor(input_tensor)
+
+    def shared_embedding_or_output_weight(self) -> Optional[Tensor]:
+        return self.language_model.shared_embedding_or_output_weight()
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: Optional[dict] = None):
+        """megatron dist-checkpoint view: the LM's own sharding; the vision tower replicated over TP."""
+        from megatron.core.transformer.utils import sharded_state_dict_default
+
+        out = self.language_model.sharded_state_dict(f"{prefix}language_model.", sharded_offsets, metadata)
+        if self.vision_model is not None:
+            out.update(sharded_state_dict_default(self.vision_model, f"{prefix}vision_model.", sharded_offsets,
+                                                  metadata))
+        return out
+
+    def output_layer_weight(self) -> Tensor:
+        """Vocab-parallel output weight shard (V/tp, h) of the last stage (the embedding when tied)."""
+        if not self.post_process:
+            raise RuntimeError("output_layer_weight() exists only on the last pipeline stage")
+        lm = self.language_model
+        return lm.shared_embedding_or_output_weight() if lm.share_embeddings_and_output_weights else lm.output_layer.weight
+
+    # ---- forward ------------------------------------------------------------------------------------
+    def position_ids(self, input_ids: Tensor, image_grid_thw: Optional[Tensor],
+                     attention_mask: Optional[Tensor]) -> Tensor:
+        """(3, b, s) M-RoPE positions, HF's rule (see rope_index.py)."""
+        mask2d = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+        pos, _ = get_rope_index(input_ids, image_grid_thw, mask2d, self.dims["vision"]["spatial_merge_size"],
+                                self.dims["image_token_id"], self.dims["vision_start_token_id"])
+        return pos
+
+    def embed(self, input_ids: Tensor, pixel_values: Optional[Tensor], image_grid_thw: Optional[Tensor]) -> Tensor:
+        """Token embeddings with image features scattered into the <|image_pad|> positions: (s, b, h),
+        split over TP ranks along s when sequence parallel is on."""
+        from megatron.core import tensor_parallel
+
+        lm = self.language_model
+        sp = self.config.sequence_parallel
+        emb = lm.embedding.word_embeddings(input_ids)  # (b, s, h), or (s/tp, b, h) reduce-scattered with SP
+        if sp:
+            # Full sequence for the scatter; backward splits (tensor_parallel_output_grad=False).
+            emb = tensor_parallel.gather_from_sequence_parallel_region(emb, tensor_parallel_output_grad=False)
+        else:
+            emb = emb.transpose(0, 1)  # (s, b, h)
+        if pixel_values is not None:
+            if image_grid_thw is None:
+                raise ValueError("pixel_values given without image_grid_thw")
+            feats = image_embeddings(self.vision_model, pixel_values, image_grid_thw).to(emb.dtype)  # (n, h)
+            mask = (input_ids == self.dims["image_token_id"]).transpose(0, 1)  # (s, b)
+            n_tokens = int(mask.sum())
+            if n_tokens != feats.shape[0]:
+                raise ValueError(f"{n_tokens} <|image_pad|> tokens (id {self.dims['image_token_id']}) in input_ids but "
+                                 f"the vision tower produced {feats.shape[0]} image features from image_grid_thw")
+            # HF fills image tokens in (b, s) order; emb is (s, b, h): go through (b, s) to keep that order.
+            emb = emb.transpose(0, 1).masked_scatter(mask.transpose(0, 1)[..., None], feats).transpose(0, 1)
+        elif self.vision_model is not None and self.training and not self.freeze_vision:
+            # Text-only micro-batch: touch the vision tower so DDP sees a gradient (zeros) for each param.
+            emb = emb + 0.0 * sum(p.sum() for p in self.vision_model.parameters() if p.requires_grad)
+        if lm.embedding.config.fp32_residual_connection:
+            emb = emb.float()
+        if sp:
+            emb = tensor_parallel.scatter_to_sequence_parallel_region(emb)
+        return emb
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        position_ids: Optional[Tensor] = None,
+        attention_mask: Optional[Tensor] = None,
+        pixel_values: Optional[Tensor] = None,
+        image_grid_thw: Optional[Tensor] = None,
+        labels: Optional[Tensor] = None,
+        return_hidden: bool = False,
+        runtime_gather_output: Optional[bool] = None,
+    ) -> Tensor:
+        """Last stage: vocab-parallel logits (b, s, V/tp) (full V with runtime_gather_output=True), per-token
+        loss (b, s) when ``labels`` are given, or final-norm hidden states (b, s, h) with
+        ``return_hidden``. Other stages: hidden states (s, b, h) for the next stage.
+
+        ``attention_mask``: None (causal), a (b, s) 1/0 padding mask, or megatron's (b, 1, s, s) bool mask.
+        ``position_ids``: (3, b, s); None computes them from ``input_ids`` and ``image_grid_thw``.
+        """
+        if position_ids is None:
+            position_ids = self.position_ids(input_ids, image_grid_thw, attention_mask)
+        decoder_input = self.embed(input_ids, pixel_values, image_grid_thw) if self.pre_process else None
+        mask = _padding_to_mask(attention_mask)
+        lm = self.language_model
+        if not (return_hidden and self.post_process):
+            return lm(input_ids, position_ids, mask, decoder_input=decoder_input, labels=labels,
+                      runtime_gather_output=runtime_gather_output)
+        # GPTModel returns the final-norm hidden states when post_process is off; the decoder keeps its
+        # final layernorm (decoder.post_process), so flipping the flag for this call skips only the head.
+        lm.post_process = False
+        try:
+            hidden = lm(input_ids, position_ids, mask, decoder_input=decoder_input)  # (s[/tp], b, h)
+        finally:
+            lm.post_process = True
+        if self.config.sequence_parallel:
+            from megatron.core import tensor_parallel
+
+            hidden = tensor_parallel.gather_from_sequence_parallel_region(hidden)
+        return hidden.transpose(0, 1)  # (b, s, h)
+
+
+def _split_cfg(cfg: Union[RunConfig, tuple[ModelConfig, ParallelConfig]]) -> tuple[ModelConfig, ParallelConfig]:
+    if isinstance(cfg, RunConfig):
+        return cfg.model, cfg.parallel
+    model_cfg, parallel_cfg = cfg
+    return model_cfg, parallel_cfg
+
+
+def build_model(cfg: Union[RunConfig, tuple[ModelConfig, ParallelConfig]], load_hf: bool = True,
+                init_weights: bool = True) -> list[Qwen25VLModel]:
+    """Model chunks of this rank (megatron style: one per virtual stage; we use one), on the GPU when
+    there is one. With ``model.hf_path`` set and ``load_hf``, the HF weights are loaded for this
+    rank's TP/PP shard straight from the safetensors files."""
+    from megatron.core import parallel_state as mpu
+
+    model_cfg, parallel_cfg = _split_cfg(cfg)
+    load = bool(model_cfg.hf_path) and load_hf
+    model = Qwen25VLModel(model_cfg, parallel_cfg, pre_process=mpu.is_pipeline_first_stage(),
+                          post_process=mpu.is_pipeline_last_stage(), init_weights=init_weights and not load)
+    if torch.cuda.is_available():
+        model.cuda(torch.cuda.current_device())
+    chunks = [model]
+    if load:
+        from megatron_mmr1.models.checkpoint import load_hf_weights
+
+        load_hf_weights(chunks, model_cfg.hf_path)
+    return chunks

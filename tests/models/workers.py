@@ -1,0 +1,132 @@
+"""Shared fixtures and rank functions of the model tests (module-level so spawned ranks import them).
+
+The outside reference is transformers' ``Qwen2_5_VLForConditionalGeneration`` with a tiny random
+config (the ``tiny`` preset's dims), saved as a normal HF checkpoint directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+IMAGE_GRIDS = [(1, 12, 16), (1, 8, 8)]  # (t, h, w) patches: 48 and 16 merged tokens, several ViT windows
+SEQ = 96
+
+
+def tiny_dims(tied: bool = False) -> dict:
+    from megatron_mmr1.config import ModelConfig
+    from megatron_mmr1.models.presets import resolve_model_dims
+
+    dims = resolve_model_dims(ModelConfig(preset="tiny"))
+    dims["tie_word_embeddings"] = tied
+    return dims
+
+
+def make_hf_checkpoint(out_dir: str | Path, seed: int = 0, tied: bool = False, dtype=torch.float32) -> Path:
+    """Random tiny Qwen2_5_VLForConditionalGeneration saved with save_pretrained (+ the tiny tokenizer)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from megatron_mmr1.models.presets import hf_config_dict
+
+    torch.manual_seed(seed)
+    cfg = Qwen2_5_VLConfig(**hf_config_dict(tiny_dims(tied)))
+    model = Qwen2_5_VLForConditionalGeneration(cfg).to(dtype)
+    with torch.no_grad():  # HF inits norms to 1 and biases to 0: randomise them so the mapping is tested
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    out = Path(out_dir)
+    model.save_pretrained(str(out), max_shard_size="200KB")  # several shards + index, like real checkpoints
+    return out
+
+
+def make_batch(case: str, seed: int = 1) -> dict:
+    """Inputs of one test case: 'images' (2 samples, 2 + 1 images of different sizes, right padding)
+    or 'text' (2 samples, no images)."""
+    dims = tiny_dims()
+    gen = torch.Generator().manual_seed(seed)
+    img, start, end = dims["image_token_id"], dims["vision_start_token_id"], dims["vision_end_token_id"]
+
+    def text(n):
+        return torch.randint(0, 2000, (n,), generator=gen).tolist()
+
+    def image(grid):
+        t, h, w = grid
+        return [start] + [img] * (t * h * w // 4) + [end]
+
+    if case == "text":
+        rows = [text(SEQ), text(SEQ)]
+        grids, lengths = [], [SEQ, SEQ]
+    else:
+        a = text(5) + image(IMAGE_GRIDS[0]) + text(7) + image(IMAGE_GRIDS[1]) + text(SEQ - 5 - 50 - 7 - 18)
+        b = text(3) + image(IMAGE_GRIDS[1]) + text(20)
+        lengths = [len(a), len(b)]
+        rows = [a, b + [dims["bos_token_id"]] * (SEQ - len(b))]
+        grids = [IMAGE_GRIDS[0], IMAGE_GRIDS[1], IMAGE_GRIDS[1]]
+    input_ids = torch.tensor(rows)
+    mask = torch.zeros_like(input_ids)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    out = {"input_ids": input_ids, "attention_mask": mask}
+    if grids:
+        thw = torch.tensor(grids)
+        n_patches = int(thw.prod(-1).sum())
+        out["pixel_values"] = torch.randn(n_patches, 3 * 2 * 14 * 14, generator=gen)
+        out["image_grid_thw"] = thw
+    return out
+
+
+def hf_logits(hf_dir: str | Path, batch: dict) -> torch.Tensor:
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    dims = tiny_dims()
+    kwargs = dict(batch)
+    kwargs["mm_token_type_ids"] = (batch["input_ids"] == dims["image_token_id"]).int()
+    with torch.no_grad():
+        return model(**kwargs).logits
+
+
+def _init(tp: int, pp: int, hf_dir: Optional[str], freeze_vision: bool = False):
+    from megatron_mmr1 import parallel
+    from megatron_mmr1.config import ModelConfig, ParallelConfig
+    from megatron_mmr1.models.qwen2_5_vl import build_model
+
+    pcfg = ParallelConfig(tp=tp, pp=pp, sequence_parallel=False)
+    parallel.initialize(pcfg)
+    mcfg = ModelConfig(preset="tiny", hf_path=hf_dir, params_dtype="fp32", freeze_vision=freeze_vision)
+    return build_model((mcfg, pcfg))
+
+
+def _gather_vocab(logits: torch.Tensor) -> torch.Tensor:
+    from megatron.core import tensor_parallel
+
+    return tensor_parallel.gather_from_tensor_model_parallel_region(logits)
+
+
+def forward_logits(chunks, batch: dict) -> Optional[torch.Tensor]:
+    """Full-vocab logits (b, s, V) through megatron's schedule (forward only), on the last stage."""
+    from megatron.core import parallel_state as mpu
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    store = {}
+
+    def forward_step(data_iterator, model):
+        b = next(data_iterator)
+        out = model(b["input_ids"], None, b["attention_mask"], pixel_values=b.get("pixel_values"),
+                    image_grid_thw=b.get("image_grid_thw"))
+
+        def loss_func(output):
+            store["logits"] = _gather_vocab(output).detach()
+            return output.sum() * 0, {}
+
+        return out, loss_func
+
+    for c in chunks:
+        c.eval()
+    b, s = batch["input_ids"].shape
+    get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iter([batch]), model=chunks,
+                                num_microbatches=1, seq_length=s, micro_batch_size=b, forward_only=True)
+    return store.get("logits") if mpu.is_pipeline_last_stage() else None
