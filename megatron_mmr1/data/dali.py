@@ -31,6 +31,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from megatron_mmr1.data.vision import (
     CLIP_MEAN,
@@ -200,12 +201,16 @@ class DaliImageProcessor:
         results: list[Optional[ProcessedImages]] = [None] * len(flat)
         jobs = []
         for k, src in enumerate(flat):
-            img = open_image(src, self.spec)  # header only: pixel limit, format, mode, orientation
-            if not dali_decodable(img):
+            if isinstance(src, Image.Image):  # already decoded: nothing for DALI to do
                 results[k] = self.fallback.process_one(src)
                 self.stats["pillow"] += 1
                 continue
-            h, w = oriented_size(img)
+            with open_image(src, self.spec) as img:  # header only: pixel limit, format, mode, orientation
+                decodable, (h, w) = dali_decodable(img), oriented_size(img)
+            if not decodable:
+                results[k] = self.fallback.process_one(src)
+                self.stats["pillow"] += 1
+                continue
             target = self.spec.target_size(h, w)
             first, second = resize_passes((h, w), target)
             jobs.append((k, src, read_bytes(src) if not isinstance(src, (bytes, bytearray)) else bytes(src),

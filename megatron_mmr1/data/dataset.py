@@ -30,8 +30,7 @@ from megatron_mmr1.data.vision import (
     ProcessedImages,
     VisionSpec,
     describe,
-    open_image,
-    oriented_size,
+    header_size,
 )
 
 logger = logging.getLogger(__name__)
@@ -68,12 +67,7 @@ class SFTExample:
 
 def _image_token_counts(rec: Record, spec: VisionSpec) -> list[int]:
     """Image-token counts from the headers only (no decoding); raises ImageError."""
-    counts = []
-    for src in rec.images:
-        img = open_image(src, spec)
-        h, w = oriented_size(img)
-        counts.append(spec.num_image_tokens(h, w))
-    return counts
+    return [spec.num_image_tokens(*header_size(src, spec)) for src in rec.images]
 
 
 class _RecordDataset(torch.utils.data.Dataset):

@@ -162,15 +162,22 @@ def read_bytes(src: ImageSource) -> bytes:
 
 
 def open_image(src: ImageSource, spec: Optional[VisionSpec] = None) -> Image.Image:
-    """Open lazily (header only) and check the pixel limit before anything is decoded."""
+    """Open lazily (header only; a path is not read further) and check the pixel limit."""
     if isinstance(src, Image.Image):
         img = src
     else:
+        if isinstance(src, dict) and not src.get("bytes"):
+            src = src.get("path") or src
         try:
-            img = Image.open(io.BytesIO(read_bytes(src)))
+            if isinstance(src, (str, os.PathLike)):
+                img = Image.open(src)
+            else:
+                img = Image.open(io.BytesIO(read_bytes(src)))
         except ImageError:
             raise
-        except Exception as e:  # PIL.UnidentifiedImageError, DecompressionBombError, ...
+        except FileNotFoundError as e:
+            raise ImageError(f"cannot read image {describe(src)}: {e.strerror or e}") from None
+        except Exception as e:  # PIL.UnidentifiedImageError, DecompressionBombError, OSError, ...
             raise ImageError(f"cannot open image {describe(src)}: {e}") from None
     limit = (spec or VisionSpec()).max_decode_pixels
     if img.width * img.height > limit:
@@ -179,6 +186,16 @@ def open_image(src: ImageSource, spec: Optional[VisionSpec] = None) -> Image.Ima
             f"over the limit of {limit} (data.max_decode_pixels)"
         )
     return img
+
+
+def header_size(src: ImageSource, spec: Optional[VisionSpec] = None) -> tuple[int, int]:
+    """(height, width) as displayed (EXIF orientation applied), from the header alone."""
+    img = open_image(src, spec)
+    try:
+        return oriented_size(img)
+    finally:
+        if not isinstance(src, Image.Image):
+            img.close()
 
 
 def oriented_size(img: Image.Image) -> tuple[int, int]:

@@ -127,3 +127,13 @@ def test_dali_gpu_matches_pillow(resize):
         assert worst <= DALI_RESIZE_MAX_LEVELS and mean <= DALI_RESIZE_MEAN_LEVELS, (worst, mean)
     worst, mean = _levels(proc, "JPEG", {"quality": 95})
     assert worst <= GPU_JPEG_MAX_LEVELS and mean <= GPU_JPEG_MEAN_LEVELS, ("jpeg", worst, mean)
+
+
+@needs_dali
+def test_dali_accepts_pil_images_and_paths(tmp_path):
+    proc = dali.DaliImageProcessor(VisionSpec(), device="cpu", batch_size=4, num_threads=1)
+    img = photo(70, 90, seed=8)
+    (tmp_path / "a.png").write_bytes(encode(img))
+    a, b = proc.process_many([[img], [str(tmp_path / "a.png")]])
+    assert torch.equal(a.pixel_values, b.pixel_values) and proc.stats == {"dali": 1, "pillow": 1}
+    assert img.size == (90, 70)  # the caller's image is still usable
