@@ -1,6 +1,9 @@
+from types import SimpleNamespace
+
 import pytest
 
-from tests.rollout.helpers import RouterProcess, ServerProcess, make_tiny_checkpoint
+from megatron_mmr1.rollout.servers import LocalServerGroup
+from tests.rollout.helpers import RouterProcess, make_tiny_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -15,15 +18,12 @@ def tiny_ckpt(tmp_path_factory):
 def servers(tiny_ckpt, tmp_path_factory):
     """Two stand-in servers on the tiny checkpoint, shared by all rollout tests (start-up is the
     slow part). Tests that change their weights put the checkpoint back; none kills them."""
-    logs = tmp_path_factory.mktemp("server_logs")
-    procs = [ServerProcess(tiny_ckpt[0], logs, f"s{i}") for i in range(2)]
+    group = LocalServerGroup(str(tiny_ckpt[0]), 2, str(tmp_path_factory.mktemp("server_logs")),
+                             extra_args=["--log-level", "WARNING"])
     try:
-        for p in procs:
-            p.wait_healthy()
-        yield procs
+        yield [SimpleNamespace(url=u) for u in group.start(timeout_s=180)]
     finally:
-        for p in procs:
-            p.kill()
+        group.stop()
 
 
 @pytest.fixture(scope="session")

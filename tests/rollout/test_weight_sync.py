@@ -161,3 +161,20 @@ def test_update_outside_session_is_refused_like_sglang(servers):
     assert r.status_code == 400 and "begin_weight_update" in r.json()["message"]
     r = requests.post(servers[0].url + "/init_weights_update_group", json={"master_address": "127.0.0.1"}, timeout=30)
     assert r.status_code == 400  # master_port, rank_offset, world_size are required
+
+
+def test_sender_factory_follows_config(tmp_path):
+    from megatron_mmr1.rollout.servers import make_weight_sender, rollout_servers
+
+    urls = ["http://127.0.0.1:1"]
+    for cfg, cls in [(RolloutConfig(), DistributedWeightSender), (RolloutConfig(weight_sync="disk"), DiskWeightSender),
+                     (RolloutConfig(weight_sync="tensor"), TensorWeightSender), (RolloutConfig(colocate=True), TensorWeightSender)]:
+        s = make_weight_sender(cfg, urls, work_dir=str(tmp_path))
+        assert type(s) is cls
+        s.close()
+    assert make_weight_sender(RolloutConfig(weight_sync_bucket_mb=64), urls).bucket_bytes == 64 << 20
+    with rollout_servers(RolloutConfig(server_urls=urls)) as got:
+        assert got == urls
+    with pytest.raises(ValueError, match="server_urls"):
+        with rollout_servers(RolloutConfig(backend="sglang")):
+            pass
