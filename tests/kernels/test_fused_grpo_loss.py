@@ -135,3 +135,12 @@ def test_grpo_loss_tp2_matches_unsharded(backend):
         backend_or_skip(backend)  # the spawned ranks inherit TRITON_INTERPRET from this process
     losses = spawn(_tp_worker, 2, backend, dict(FULL, loss_agg_mode="seq-mean-token-mean"), timeout_s=240)
     assert losses[0] == losses[1]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_grpo_loss_gpu_production_blocks_bf16():
+    # several vocab tiles per row, several token chunks, bf16 as in production
+    batch = make_batch(4, 512, 256, 32768 + 123, dtype=torch.bfloat16, seed=8)
+    out, want, g, wg = run_both(batch, "triton", 512, dtype=torch.bfloat16, **FULL)
+    check(out, want, g, wg, dtype=torch.bfloat16)
