@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import io
 import logging
 import os
@@ -195,14 +196,30 @@ class DistributedWeightSender:
                 f.result()
         logger.info("weight-update group %s: trainer + %d engine ranks over %s", self.group_name, world - 1, self.backend)
 
-    def update(self, named: NamedTensors, weight_version: Optional[str] = None) -> SyncStats:
-        """Push every tensor of ``named`` to every server; generation is paused meanwhile."""
+    def begin(self) -> None:
+        """pause -> flush -> begin session. Only for ``update(manage_generation=False)`` callers."""
+        self._paused = _PausedGeneration(self.calls, True, self.pause_mode, flush_wait_s=60.0)
+        self._paused.__enter__()
+
+    def finish(self) -> None:
+        """end session -> continue generation (pairs with :meth:`begin`)."""
+        self._paused.__exit__(None, None, None)
+
+    def update(self, named: NamedTensors, weight_version: Optional[str] = None,
+               manage_generation: bool = True) -> SyncStats:
+        """Push every tensor of ``named`` to every server; generation is paused meanwhile.
+
+        With pipeline parallelism every PP stage's source rank owns a sender (its own
+        ``group_name`` and port) and calls ``update(..., manage_generation=False)`` between one
+        ``begin()`` and one ``finish()`` made by a single rank (with barriers around), as slime does.
+        """
         if self.group is None:
             self.connect()
         self.version += 1
         version = weight_version or str(self.version)
         stats, t0 = SyncStats(), time.perf_counter()
-        with _PausedGeneration(self.calls, True, self.pause_mode, flush_wait_s=60.0):
+        paused = _PausedGeneration(self.calls, True, self.pause_mode, flush_wait_s=60.0)
+        with paused if manage_generation else contextlib.nullcontext():
             for bucket in bucket_named_tensors(named, self.bucket_bytes):
                 self._send_bucket(bucket, version)
                 stats.buckets += 1

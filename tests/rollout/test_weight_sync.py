@@ -178,3 +178,25 @@ def test_sender_factory_follows_config(tmp_path):
     with pytest.raises(ValueError, match="server_urls"):
         with rollout_servers(RolloutConfig(backend="sglang")):
             pass
+
+
+def test_two_pipeline_stage_senders_share_one_session(servers, tiny_ckpt):
+    """PP > 1: each stage's source rank broadcasts its own layers over its own group."""
+    _, _, tok = tiny_ckpt
+    urls = [s.url for s in servers]
+    model, named = new_weights(tok, 51)
+    half = len(named) // 2
+    stage0 = DistributedWeightSender(urls, backend="gloo", group_name="mmr1-pp0")
+    stage1 = DistributedWeightSender(urls, backend="gloo", group_name="mmr1-pp1")
+    try:
+        stage0.connect()
+        stage1.connect()
+        stage0.begin()
+        stage0.update(named[:half], weight_version="pp", manage_generation=False)
+        stage1.update(named[half:], weight_version="pp", manage_generation=False)
+        stage0.finish()
+        for u in urls:
+            assert served_greedy(u, tok) == (hf_greedy(model, tok), "pp")
+    finally:
+        stage0.close()
+        stage1.close()
