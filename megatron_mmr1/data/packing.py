@@ -103,3 +103,24 @@ def collate_packed(examples: Sequence[Any], pad_id: int = 0, pad_to_multiple_of:
         indices=[e.index for e in examples],
         metadata=[e.metadata for e in examples],
     )
+
+
+def pack_samples(samples: Sequence[Any], pad_id: int = 0, pad_to_multiple_of: int = 1) -> PackedBatch:
+    """GRPO micro-batch: each Sample's prompt_ids + response_ids back to back.
+
+    ``labels`` hold the response tokens whose ``loss_mask`` is 1 (all response tokens when the mask is
+    empty) and -100 elsewhere; ``next_token_labels()`` gives the shifted targets. Images follow the
+    sample order, so ``image_grid_thw`` lines up with the ``<|image_pad|>`` runs in ``input_ids``.
+    """
+    from types import SimpleNamespace
+
+    rows = []
+    for s in samples:
+        mask = s.loss_mask or [1] * len(s.response_ids)
+        if len(mask) != len(s.response_ids):
+            raise ValueError(f"sample {s.index}: loss_mask has {len(mask)} entries for {len(s.response_ids)} tokens")
+        labels = [IGNORE_INDEX] * len(s.prompt_ids) + [t if m else IGNORE_INDEX for t, m in zip(s.response_ids, mask)]
+        rows.append(SimpleNamespace(index=s.index, input_ids=s.prompt_ids + s.response_ids, labels=labels,
+                                    pixel_values=s.pixel_values, image_grid_thw=s.image_grid_thw,
+                                    metadata=dict(s.metadata, group_index=s.group_index)))
+    return collate_packed(rows, pad_id, pad_to_multiple_of)

@@ -32,7 +32,7 @@ class ImageError(ValueError):
     """An image that cannot be used (unreadable, truncated, too large, extreme aspect ratio)."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class VisionSpec:
     """Everything that decides the processed pixels; shared by all decoders."""
 

@@ -109,3 +109,23 @@ def test_worker_skip_is_counted_in_main_process(truncated_dataset, tokenizer):
     assert sum(len(b) for b in batches) == len(ds) - 1
     assert [str(e).split(": ")[0] for b in batches for e in b.skipped] == [f"{truncated_dataset}:5"]
     assert ds.bad.summary() == {"image": 1}
+
+
+def test_pack_samples_for_grpo(rl_cfg, tokenizer):
+    from megatron_mmr1.data.packing import pack_samples
+
+    ds = RLDataset(rl_cfg, tokenizer)
+    a, b = ds[0], ds[1]
+    a.response_ids, a.loss_mask = [5, 6, 7], [1, 0, 1]
+    b.response_ids = [9, 10]
+    p = pack_samples([a, b], pad_to_multiple_of=16)
+    la, lb = len(a.prompt_ids) + 3, len(b.prompt_ids) + 2
+    assert p.cu_seqlens.tolist()[:3] == [0, la, la + lb] and len(p.input_ids) % 16 == 0
+    assert [t for t in p.labels.tolist() if t != IGNORE_INDEX] == [5, 7, 9, 10]
+    assert p.next_token_labels()[la - 1] == IGNORE_INDEX  # a's last token does not predict b's first
+    assert torch.equal(p.pixel_values, torch.cat([a.pixel_values, b.pixel_values]))
+    pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert int((p.input_ids == pad).sum()) == int(p.image_grid_thw.prod(-1).sum()) // 4
+    a.loss_mask = [1]
+    with pytest.raises(ValueError, match="loss_mask has 1 entries for 3 tokens"):
+        pack_samples([a])
