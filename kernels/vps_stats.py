@@ -108,16 +108,15 @@ def _cpu_single_thread(fn):
 # ---------------------------------------------------------------------------------------------
 
 
-def _ngram_ids(p: PackedGroups, max_n: int, mult: int) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
-    """For k = 1..max_n: (ids [M_k], seq [M_k], K_k): an exact id of every k-gram start (K_k > every id),
-    and the sequence it starts in. Ids are packed token ranks while K_k * mult fits in int64, else
-    dense ranks of (id_{k-1}, token) pairs: exact for any vocabulary, never hashes."""
-    dev = p.device
-    tok_seq = torch.repeat_interleave(torch.arange(p.seq_lens.numel(), device=dev), p.seq_lens)  # [M]
-    starts = torch.cumsum(p.seq_lens, 0) - p.seq_lens  # [S]
-    pos = torch.arange(p.tokens.numel(), device=dev) - starts[tok_seq]  # [M] position in sequence
-    remaining = p.seq_lens[tok_seq] - pos  # [M] tokens from here to the end of the sequence
-    if p.tokens.numel() and int(p.tokens.max()) < 4 * p.tokens.numel() + 2**20:  # dense-ish ids
+def _ngram_ids(p: PackedGroups, max_n: int, mult: int):
+    """Yields (k, ids [M-k+1], K) for k = 1..max_n: ids[i] is an exact id in [0, K) of the k-gram that
+    starts at flat position i, or the sentinel K where none starts (too close to its sequence's end).
+    Ids are packed token ranks while (K + 1) * mult fits in int64, else dense ranks of
+    (id_{k-1}, token) pairs: exact for any vocabulary, never hashes."""
+    dev, M = p.device, p.tokens.numel()
+    ends = torch.cumsum(p.seq_lens, 0)  # [S]
+    remaining = torch.repeat_interleave(ends, p.seq_lens) - torch.arange(M, device=dev)  # [M] tokens to seq end
+    if M and int(p.tokens.max()) < 4 * M + 2**20:  # dense-ish ids: rank by a presence table
         present = torch.bincount(p.tokens) > 0  # [V]
         rank = torch.cumsum(present.to(torch.int64), 0) - 1
         id1, k1 = rank[p.tokens], int(present.sum())  # [M] rank of each token among those used
@@ -125,24 +124,26 @@ def _ngram_ids(p: PackedGroups, max_n: int, mult: int) -> list[tuple[torch.Tenso
         uni, id1 = torch.unique(p.tokens, return_inverse=True)
         k1 = int(uni.numel())
     k1 = max(k1, 1)
-    out = []
     ids, K = id1, k1
     limit = _PACK_LIMIT // max(mult, 1)
     for k in range(1, max_n + 1):
-        valid = remaining >= k  # [M] a k-gram starts here
         if k > 1:
-            nxt = torch.zeros_like(id1)
-            nxt[: -(k - 1)] = id1[k - 1 :]  # token k-1 places ahead (garbage where not valid)
-            if K * k1 <= limit:  # packed: id_k = id_{k-1} * k1 + token
-                ids, K = ids * k1 + nxt, K * k1
-            else:  # rank-compress the valid (id_{k-1}, token) pairs
-                uk, inv = torch.unique((ids * k1 + nxt)[valid], return_inverse=True) if K * k1 < 2**62 else \
-                    torch.unique(torch.stack([ids, nxt], 1)[valid], dim=0, return_inverse=True)
-                ids = torch.zeros_like(id1)
-                ids[valid] = inv
+            Mk = M - k + 1
+            cand = ids[:Mk] * k1 + id1[k - 1 :]  # (id_{k-1}, token k-1 ahead); garbage where not valid
+            valid = remaining[:Mk] >= k  # [Mk] a k-gram starts here
+            if (K * k1 + 1) <= limit:  # packed: id_k = id_{k-1} * k1 + token
+                K = K * k1
+                ids = torch.where(valid, cand, torch.full_like(cand, K))
+            else:  # rank-compress the valid pairs
+                if K * k1 < 2**62:
+                    uk, inv = torch.unique(cand[valid], return_inverse=True)
+                else:
+                    pairs = torch.stack([ids[:Mk], id1[k - 1 :]], 1)[valid]
+                    uk, inv = torch.unique(pairs, dim=0, return_inverse=True)
                 K = max(int(uk.shape[0]), 1)
-        out.append((ids[valid], tok_seq[valid], K))
-    return out
+                ids = torch.full_like(cand, K)
+                ids[valid] = inv
+        yield k, ids, K
 
 
 def _sort(x: torch.Tensor) -> torch.Tensor:
@@ -152,19 +153,27 @@ def _sort(x: torch.Tensor) -> torch.Tensor:
     return torch.sort(x).values
 
 
-def _runs(p: PackedGroups, ids: torch.Tensor, seq: torch.Tensor, K: int):
+def _sorted_valid(keys: torch.Tensor, bound: int) -> torch.Tensor:
+    """Sort and drop the sentinel keys (>= bound), which sort last."""
+    keys = _sort(keys)
+    cut = int(torch.searchsorted(keys, torch.tensor([bound], device=keys.device, dtype=keys.dtype)))
+    return keys[:cut]
+
+
+def _runs(p: PackedGroups, ids: torch.Tensor, K: int, tok_seq: torch.Tensor):
     """Count each n-gram per sequence with one sort of key = id * S + seq.
-    Returns per run (n-gram u, sequence s): u [R], s [R], count [R], and seg [R]: index of the
+    Returns per run (n-gram u, sequence s): s [R], group g [R], count [R], and seg [R]: index of the
     (u, group) segment of the run (runs of one n-gram within one group are contiguous)."""
     S = int(p.seq_lens.numel())
-    keys = _sort(ids * S + seq)  # [M_n], sorted by (u, s); groups own contiguous s
+    keys = _sorted_valid(ids * S + tok_seq[: ids.numel()], K * S)  # sorted by (u, s); groups own contiguous s
     run_key, cnt = torch.unique_consecutive(keys, return_counts=True)  # [R]
-    u, s = run_key // S, run_key % S
+    u = run_key // S
+    s = run_key - u * S
     g = p.seq_group[s]
     new = torch.ones_like(u, dtype=torch.bool)
     new[1:] = (u[1:] != u[:-1]) | (g[1:] != g[:-1])
-    seg = torch.cumsum(new.to(torch.int64), 0) - 1  # [R]
-    return u, s, g, cnt, seg, new
+    seg = torch.cumsum(new, 0) - 1  # [R]
+    return s, g, cnt, seg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,10 +196,13 @@ def distinct_n(groups: GroupsLike, n: int = 3) -> torch.Tensor:
         raise ValueError(f"distinct_n supports n in 1..4, got {n}")
     p = pack_groups(groups)
     G = p.num_groups
-    ids, seq, K = _ngram_ids(p, n, int(p.seq_lens.numel()))[n - 1]
-    total = torch.bincount(p.seq_group[seq], minlength=G).to(torch.float64)  # [G] all n-grams
-    _, _, g, _, _, new = _runs(p, ids, seq, K)
-    uniq = torch.bincount(g[new], minlength=G).to(torch.float64)  # [G] distinct (u, group) segments
+    for k, ids, K in _ngram_ids(p, n, G):
+        pass
+    per_seq = (p.seq_lens - n + 1).clamp(min=0).to(torch.float64)  # n-grams of each sequence
+    total = torch.zeros(G, dtype=torch.float64, device=p.device).index_add_(0, p.seq_group, per_seq)
+    tok_group = torch.repeat_interleave(p.seq_group, p.seq_lens)[: ids.numel()]  # [M-n+1]
+    keys = torch.unique_consecutive(_sorted_valid(ids * G + tok_group, K * G))  # distinct (u, group)
+    uniq = torch.bincount(keys % G, minlength=G).to(torch.float64)  # [G]
     return torch.where(total > 0, uniq / total.clamp(min=1.0), torch.zeros_like(total))
 
 
@@ -204,8 +216,10 @@ def self_bleu(groups: GroupsLike, max_n: int = 3) -> torch.Tensor:
     dev, G, S = p.device, p.num_groups, int(p.seq_lens.numel())
     lens = p.seq_lens
     num = torch.zeros(max_n, S, dtype=torch.float64, device=dev)  # clipped matches per order
-    for k, (ids, seq, K) in enumerate(_ngram_ids(p, max_n, S)):
-        u, s, g, c, seg, new = _runs(p, ids, seq, K)  # c = count of n-gram u in sequence s
+    tok_seq = torch.repeat_interleave(torch.arange(S, device=dev), lens)  # [M]
+    for k1, ids, K in _ngram_ids(p, max_n, S):
+        k = k1 - 1
+        s, g, c, seg = _runs(p, ids, K, tok_seq)  # c = count of n-gram u in sequence s
         nseg = int(seg[-1]) + 1 if seg.numel() else 0
         # per (u, group): the largest count, how many sequences reach it, and the largest count below it
         max1 = torch.zeros(nseg, dtype=c.dtype, device=dev).scatter_reduce_(0, seg, c, "amax")
@@ -213,9 +227,10 @@ def self_bleu(groups: GroupsLike, max_n: int = 3) -> torch.Tensor:
         n_at_max = torch.zeros(nseg, dtype=c.dtype, device=dev).index_add_(0, seg, at_max.to(c.dtype))
         below = torch.where(at_max, torch.zeros_like(c), c)
         max2 = torch.zeros(nseg, dtype=c.dtype, device=dev).scatter_reduce_(0, seg, below, "amax")
-        # max count of u over the *other* sequences of the group (NLTK max_counts over references)
-        other = torch.where(at_max, torch.where(n_at_max[seg] >= 2, max1[seg], max2[seg]), max1[seg])
-        num[k].index_add_(0, s, torch.minimum(c, other).to(torch.float64))
+        # clipped count min(c, max over the *other* sequences) (NLTK max_counts over references): c itself,
+        # except for the single sequence holding the strict maximum, which is clipped to the runner-up
+        clipped = torch.where(at_max & (n_at_max[seg] == 1), max2[seg], c)
+        num[k].index_add_(0, s, clipped.to(torch.float64))
     orders = torch.arange(1, max_n + 1, device=dev, dtype=torch.int64)[:, None]  # [max_n, 1]
     den = (lens[None, :] - orders + 1).clamp(min=1).to(torch.float64)  # [max_n, S]
     prec = torch.where(num > 0, num / den, 0.1 / den)  # smoothing method1
