@@ -68,11 +68,11 @@ def _masked_mean(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class _FusedGRPOLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, old_logp, ref_logp, advantages, w_tok, params, group, vocab_start,
-                chunk, triton_path, reduce_grad_hidden):
+                chunk, triton_path, reduce_grad_hidden, grad_enabled):
         T = hidden.shape[0]
         inv_temp = 1.0 / params["temperature"]
         loss_params = {k: v for k, v in params.items() if k != "temperature"}
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_x, need_w = grad_enabled and ctx.needs_input_grad[0], grad_enabled and ctx.needs_input_grad[1]
         dx = torch.empty_like(hidden) if need_x else None
         dw = torch.zeros_like(weight) if need_w else None
         logp = torch.empty(T, dtype=torch.float32, device=hidden.device)
@@ -116,7 +116,7 @@ class _FusedGRPOLoss(torch.autograd.Function):
         dx, dw = ctx.saved_tensors
         gx = None if dx is None else dx * g_loss.to(dx.dtype)
         gw = None if dw is None else dw * g_loss.to(dw.dtype)
-        return (gx, gw) + (None,) * 11
+        return (gx, gw) + (None,) * 12
 
 
 def _check_per_token(name, t, shape):
@@ -174,7 +174,7 @@ def fused_grpo_loss(
     loss, logp, entropy, clipped, kl = _FusedGRPOLoss.apply(
         x, weight, targets.reshape(-1).long(), flat(old_logp), flat(ref_logp), flat(advantages), w_tok,
         dict(params, temperature=float(temperature)), tp_group, vstart, int(chunk), use_triton(backend, x),
-        reduce_grad_hidden,
+        reduce_grad_hidden, torch.is_grad_enabled(),  # no gradient work under torch.no_grad()
     )
     logp, entropy = logp.reshape(shape), entropy.reshape(shape)
     return GRPOLossOutput(
