@@ -80,12 +80,14 @@ class Qwen25VLModel(torch.nn.Module):
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: Optional[dict] = None):
         """megatron dist-checkpoint view: the LM's own sharding; the vision tower replicated over TP."""
+        from megatron.core import parallel_state as mpu
         from megatron.core.transformer.utils import sharded_state_dict_default
 
         out = self.language_model.sharded_state_dict(f"{prefix}language_model.", sharded_offsets, metadata)
         if self.vision_model is not None:
+            # tp_group explicitly: without it megatron 0.16.1 gives every TP rank replica_id 0 here.
             out.update(sharded_state_dict_default(self.vision_model, f"{prefix}vision_model.", sharded_offsets,
-                                                  metadata))
+                                                  metadata, tp_group=mpu.get_tensor_model_parallel_group()))
         return out
 
     def output_layer_weight(self) -> Tensor:
@@ -131,6 +133,7 @@ class Qwen25VLModel(torch.nn.Module):
         elif self.vision_model is not None and self.training and not self.freeze_vision:
             # Text-only micro-batch: touch the vision tower so DDP sees a gradient (zeros) for each param.
             emb = emb + 0.0 * sum(p.sum() for p in self.vision_model.parameters() if p.requires_grad)
+        emb = emb.contiguous()  # (s, b, h); strides propagate to the stage output sent by p2p
         if lm.embedding.config.fp32_residual_connection:
             emb = emb.float()
         if sp:

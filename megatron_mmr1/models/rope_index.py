@@ -37,7 +37,7 @@ def get_rope_index(
         pos = attention_mask.long().cumsum(-1) - 1  # (b, s)
         pos = pos.masked_fill(attention_mask == 0, 1)
         position_ids = pos.unsqueeze(0).expand(3, -1, -1).contiguous()  # (3, b, s)
-        deltas = pos.max(-1, keepdim=True)[0] + 1 - s  # (b, 1)
+        deltas = pos.max(-1, keepdim=True)[0] + 1 - attention_mask.long().sum(-1, keepdim=True)  # (b, 1)
         return position_ids, deltas
 
     grids = image_grid_thw.tolist()
@@ -72,7 +72,7 @@ def get_rope_index(
             raise ValueError(f"sample {i}: image grids cover {positions.shape[1]} positions for {len(ids)} tokens; "
                              "image_grid_thw does not match the <|image_pad|> runs")
         position_ids[:, i, attention_mask[i] == 1] = positions
-        deltas.append(int(positions.max()) + 1 - s)
+        deltas.append(int(positions.max()) + 1 - len(ids))
     if image_index != len(grids):
         raise ValueError(f"image_grid_thw has {len(grids)} rows but input_ids hold {image_index} images")
     return position_ids, torch.tensor(deltas, device=device).unsqueeze(1)

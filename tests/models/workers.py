@@ -130,3 +130,104 @@ def forward_logits(chunks, batch: dict) -> Optional[torch.Tensor]:
     get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iter([batch]), model=chunks,
                                 num_microbatches=1, seq_length=s, micro_batch_size=b, forward_only=True)
     return store.get("logits") if mpu.is_pipeline_last_stage() else None
+
+
+def _grad_report(chunks) -> tuple[list[str], list[str]]:
+    """(trainable params without a nonzero grad, frozen params that got a grad)."""
+    missing, frozen_with_grad = [], []
+    for c in chunks:
+        for name, p in c.named_parameters():
+            if p.requires_grad and (p.grad is None or not bool(p.grad.abs().sum() > 0)):
+                missing.append(name)
+            if not p.requires_grad and p.grad is not None:
+                frozen_with_grad.append(name)
+    return missing, frozen_with_grad
+
+
+def _backward(chunks, batch) -> None:
+    model = chunks[0]
+    model.train()
+    labels = torch.roll(batch["input_ids"], -1, dims=1)
+    loss = model(batch["input_ids"], None, batch["attention_mask"], pixel_values=batch["pixel_values"],
+                 image_grid_thw=batch["image_grid_thw"], labels=labels)  # (b, s) per-token loss
+    (loss * batch["attention_mask"]).sum().backward()
+
+
+def tp2_worker(hf_dir: str, mcore_dir: str) -> dict:
+    """TP=2: HF weights loaded straight into the shards -> logits (both cases), hidden-state path,
+    gradients (vision trained / frozen), hf-to-mcore's rank function, iter_hf_state round trip."""
+    from megatron.core import parallel_state as mpu
+
+    from megatron_mmr1.config import ModelConfig, ParallelConfig
+    from megatron_mmr1.models.checkpoint import HFCheckpoint
+    from megatron_mmr1.models.convert import hf_to_mcore_rank, iter_hf_state
+    from megatron_mmr1.models.qwen2_5_vl import build_model
+
+    chunks = _init(2, 1, hf_dir)
+    out = {case: forward_logits(chunks, make_batch(case)) for case in ("images", "text")}
+
+    # return_hidden + output_layer_weight reproduce this rank's vocab-parallel logits.
+    batch = make_batch("images")
+    model = chunks[0].eval()
+    with torch.no_grad():
+        args = (batch["input_ids"], None, batch["attention_mask"])
+        kw = dict(pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"])
+        shard_logits = model(*args, **kw)
+        hidden = model(*args, **kw, return_hidden=True)
+    out["hidden_shape"] = tuple(hidden.shape)
+    out["hidden_vs_logits"] = float((hidden @ model.output_layer_weight().T - shard_logits).abs().max())
+
+    _backward(chunks, batch)
+    out["missing_grads"], _ = _grad_report(chunks)
+    frozen = build_model((ModelConfig(preset="tiny", hf_path=hf_dir, params_dtype="fp32", freeze_vision=True),
+                          ParallelConfig(tp=2, sequence_parallel=False)))
+    _backward(frozen, batch)
+    missing, frozen_with_grad = _grad_report(frozen)
+    out["frozen_missing_grads"] = missing
+    out["frozen_vision_trainable"] = [n for n, p in frozen[0].named_parameters()
+                                      if n.startswith("vision_model.") and p.requires_grad]
+    out["frozen_with_grad"] = frozen_with_grad
+
+    hf_to_mcore_rank(hf_dir, mcore_dir, 2, 1)  # the converter's own per-rank step (HF -> dist ckpt)
+
+    ref = HFCheckpoint(hf_dir)
+    seen, diffs = set(), []
+    for name, tensor in iter_hf_state(chunks):
+        seen.add(name)
+        if not torch.equal(tensor, ref.read(name)):
+            diffs.append(name)
+    out["sync_not_bitwise"] = diffs
+    out["sync_missing"] = sorted(set(ref.names()) - seen)
+    out["tp_rank"] = mpu.get_tensor_model_parallel_rank()
+    return out
+
+
+def pp2_worker(hf_dir: str, mcore_dir: str, tied_hf_dir: str) -> dict:
+    """PP=2: logits with HF weights loaded directly, then after loading the TP=2 dist checkpoint
+    (resharding TP=2 -> PP=2); a tied-embedding model (3B style) across two stages."""
+    from megatron_mmr1.config import ModelConfig, ParallelConfig
+    from megatron_mmr1.models.checkpoint import load_dist
+    from megatron_mmr1.models.qwen2_5_vl import build_model
+
+    chunks = _init(1, 2, hf_dir)
+    out = {"direct": {case: forward_logits(chunks, make_batch(case)) for case in ("images", "text")}}
+    with torch.no_grad():
+        for p in chunks[0].parameters():
+            p.zero_()
+    load_dist(chunks, mcore_dir)
+    out["dist"] = {case: forward_logits(chunks, make_batch(case)) for case in ("images", "text")}
+    tied = build_model((ModelConfig(preset="tiny", hf_path=tied_hf_dir, params_dtype="fp32"),
+                        ParallelConfig(pp=2, sequence_parallel=False)))
+    out["tied"] = forward_logits(tied, make_batch("images"))
+    return out
+
+
+def tp1_worker(hf_dir: str, mcore_dir: str, out_hf: str) -> dict:
+    """mcore-to-hf of the TP=2 checkpoint (one process), then TP=1 logits from the HF dir."""
+    from megatron_mmr1 import parallel
+    from megatron_mmr1.models.convert import mcore_to_hf
+
+    mcore_to_hf(mcore_dir, out_hf)
+    parallel.destroy()
+    chunks = _init(1, 1, hf_dir)
+    return {case: forward_logits(chunks, make_batch(case)) for case in ("images", "text")}
