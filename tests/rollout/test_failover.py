@@ -86,3 +86,61 @@ def test_kill_one_of_two_behind_router(servers, victims, caplog, tmp_path):
         assert router_logged or client_logged
     finally:
         router.kill()
+
+
+class _HangingServer:
+    """Answers /health but never /generate: a wedged engine."""
+
+    def __init__(self):
+        import asyncio
+
+        from aiohttp import web
+
+        from tests.rollout.helpers import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.loop = asyncio.new_event_loop()
+
+        async def health(_):
+            return web.Response(status=200)
+
+        async def hang(_):
+            await asyncio.sleep(3600)
+
+        app = web.Application()
+        app.router.add_get("/health", health)
+        app.router.add_post("/generate", hang)
+        self.runner = web.AppRunner(app, shutdown_timeout=0.5)  # do not wait for the hung handler
+        self.loop.run_until_complete(self.runner.setup())
+        self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.port).start())
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        import asyncio
+
+        async def shutdown():
+            await self.runner.cleanup()
+            for t in asyncio.all_tasks():
+                if t is not asyncio.current_task():
+                    t.cancel()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def test_request_timeout_moves_to_another_server(servers, caplog):
+    hung = _HangingServer()
+    try:
+        cfg = RolloutConfig(n=1, temperature=1.0, max_inflight=2, request_timeout_s=2.0, max_retries=2)
+        client = RolloutClient(cfg, [hung.url, servers[0].url], max_new_tokens=4, health_interval_s=60)
+        with caplog.at_level(logging.WARNING, logger="megatron_mmr1.rollout.client"):
+            out = client.generate([Sample(index=i, prompt=PROMPT) for i in range(2)])
+        assert len(out) == 2 and all(s.response_ids for s in out)
+        assert client.stats.failures.get(hung.url, 0) >= 1
+        assert any(hung.url in r.getMessage() and "TimeoutError" in r.getMessage() for r in caplog.records)
+    finally:
+        hung.stop()
