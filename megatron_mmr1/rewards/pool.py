@@ -134,6 +134,7 @@ class RewardPool:
         self.grace_s = grace_s
         self.warmup_args = warmup_args
         self.stats = PoolStats()
+        self._start_failures = 0
         # spawn: the trainer process holds torch/aiohttp threads, which fork would copy mid-state.
         self._ctx = mp.get_context(mp_context)
         self._workers: list[_Worker] = [self._spawn() for _ in range(num_workers)]
@@ -201,9 +202,16 @@ class RewardPool:
                 logger.warning("reward worker pid %s died on item %d; replaced", w.proc.pid, w.item)
                 self._replace(i)
                 return 1
+            self._start_failures += 1
+            if self._start_failures > 3:
+                raise RuntimeError(
+                    f"reward workers keep dying before they are ready (last pid {w.proc.pid}, exit code "
+                    f"{w.proc.exitcode}): cannot import the score function? {self.score_fn!r}"
+                )
             self._replace(i)
             return 0
         if msg[0] == "ready":
+            self._start_failures = 0
             w.ready = True
             return 0
         idx, parts, timed_out, error = msg

@@ -21,3 +21,16 @@ def crash(response: str, answer: str) -> dict:
     if response == "raise":
         raise ValueError("bad input")
     return {"format": 1.0, "accuracy": 0.0}
+
+
+class _Unpicklable:
+    """Pickles to a reference the worker cannot import: the worker dies during start-up."""
+
+    def __reduce__(self):
+        return (__import__, ("no_such_module_for_reward_tests",))
+
+    def __call__(self, response: str, answer: str) -> dict:
+        return {}
+
+
+die_on_import_marker = _Unpicklable()

@@ -135,3 +135,9 @@ def test_worker_crash_and_exception_score_zero_not_raise():
     cfg = RewardConfig()
     from megatron_mmr1.rewards import combine
     assert combine(res[0], cfg) == (0.0, {"format": 0.0, "accuracy": 0.0, "timeout": 0.0, "error": 1.0})
+
+
+def test_workers_that_cannot_start_raise_instead_of_looping():
+    with RewardPool(_slow_scores.die_on_import_marker, num_workers=1, timeout_s=1.0) as p:
+        with pytest.raises(RuntimeError, match="keep dying"):
+            p.map([("x", "")])
