@@ -147,9 +147,7 @@ class _RecordDataset(torch.utils.data.Dataset):
         src = self.records[i].source
         return {"source_file": src.file, "source_line": src.line, "source": str(src), **self.records[i].extra}
 
-    def get_batch(self, indices: Sequence[int]) -> SampleBatch:
-        """Items for ``indices`` in order; with on_bad_record=skip, records failing to decode are left
-        out and returned in ``skipped`` (counted here too), otherwise the first one raises."""
+    def _fetch(self, indices: Sequence[int]) -> SampleBatch:
         out, skipped = [], []
         for i in indices:
             try:
@@ -158,21 +156,21 @@ class _RecordDataset(torch.utils.data.Dataset):
                 if self.bad.policy == "error":
                     raise
                 skipped.append(e)
-        self.bad.merge(skipped)
         return SampleBatch(out, skipped)
 
-    # torch's map-style fetcher calls this with a whole batch of indices (auto-collation), so the
-    # worker returns a SampleBatch and skipping happens there, with the record's name attached.
+    def get_batch(self, indices: Sequence[int]) -> SampleBatch:
+        """Items for ``indices`` in order (the GRPO trainer's call, with indices from the VAS sampler).
+
+        With on_bad_record=skip, records failing to decode are left out, returned in ``skipped`` and
+        counted in ``self.bad``; with error, the first one raises."""
+        batch = self._fetch(indices)
+        self.bad.merge(batch.skipped)
+        return batch
+
     def __getitems__(self, indices: Sequence[int]) -> list[SampleBatch]:
-        out, skipped = [], []
-        for i in indices:
-            try:
-                out.append(self[int(i)])
-            except BadRecordError as e:
-                if self.bad.policy == "error":
-                    raise
-                skipped.append(e)
-        return [SampleBatch(out, skipped)]
+        """torch's map-style fetcher calls this with a whole batch (auto-collation): skipping happens in
+        the worker, with the record's name, and the main process counts it (see loader.py)."""
+        return [self._fetch(indices)]
 
 
 class RLDataset(_RecordDataset):

@@ -124,12 +124,17 @@ class DataLoaderState:
         kw: dict[str, Any] = dict(batch_sampler=self.sampler, collate_fn=self.collate, num_workers=self.num_workers)
         if self.num_workers > 0:
             kw["prefetch_factor"] = self.prefetch_factor
-        loader = torch.utils.data.DataLoader(self.dataset, **kw)
-        for batch in loader:
-            self.sampler.start += 1
-            if batch.skipped:
-                self.dataset.bad.merge(batch.skipped)
-            yield batch
+        it = iter(torch.utils.data.DataLoader(self.dataset, **kw))
+        try:
+            for batch in it:
+                self.sampler.start += 1
+                if batch.skipped:
+                    self.dataset.bad.merge(batch.skipped)
+                yield batch
+        finally:  # a loop left early: stop the workers now, not whenever the iterator is collected
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
         self.sampler.epoch += 1
         self.sampler.start = 0
 

@@ -11,11 +11,11 @@ from megatron_mmr1.config import DataConfig
 
 @pytest.fixture(scope="session")
 def synth(tmp_path_factory):
-    """40 RL + 24 SFT synthetic items with PNG images and the tiny tokenizer trained on them."""
+    """24 RL + 16 SFT synthetic items with PNG images and the tiny tokenizer trained on them."""
     from megatron_mmr1.data.synthetic import generate
 
     out = tmp_path_factory.mktemp("synth")
-    return generate(out, num=40, seed=7, val_fraction=0.1, num_sft=24, tokenizer=True)
+    return generate(out, num=24, seed=7, val_fraction=0.1, num_sft=16, tokenizer=True)
 
 
 @pytest.fixture(scope="session")

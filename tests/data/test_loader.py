@@ -20,15 +20,18 @@ def _indices(loader):
 
 
 def test_deterministic_under_seed_and_covers_epoch(rl_cfg, tokenizer):
+    from megatron_mmr1.data.loader import ResumableBatchSampler
+
     ds = RLDataset(rl_cfg, tokenizer)
-    a = _indices(DataLoaderState(ds, batch_size=8, seed=1))
-    b = _indices(DataLoaderState(ds, batch_size=8, seed=1))
-    c = _indices(DataLoaderState(ds, batch_size=8, seed=2))
-    assert a == b and a != c
-    assert sorted(i for x in a for i in x) == list(range(len(ds)))
+    sampler = ResumableBatchSampler(len(ds), batch_size=8, seed=1)
+    assert sampler.batches(0) == ResumableBatchSampler(len(ds), batch_size=8, seed=1).batches(0)
+    assert sampler.batches(0) != ResumableBatchSampler(len(ds), batch_size=8, seed=2).batches(0)
+    assert sampler.batches(0) != sampler.batches(1)
     loader = DataLoaderState(ds, batch_size=8, seed=1)
-    e0, e1 = _indices(loader), _indices(loader)
-    assert e0 == a and e1 != e0 and loader.epoch == 2
+    e0 = _indices(loader)
+    assert e0 == sampler.batches(0) and loader.epoch == 1
+    assert sorted(i for x in e0 for i in x) == list(range(len(ds)))
+    assert loader.state_dict()["batches_consumed"] == 0 and len(loader) == len(e0)
 
 
 def test_resume_mid_epoch_with_workers(rl_cfg, tokenizer):
@@ -38,7 +41,7 @@ def test_resume_mid_epoch_with_workers(rl_cfg, tokenizer):
     it = iter(loader)
     head = [[s.index for s in next(it)] for _ in range(3)]  # workers have prefetched more than this
     state = loader.state_dict()
-    del it
+    it.close()  # stops the workers
     assert state == {"epoch": 0, "batches_consumed": 3, "seed": 3, "num_items": len(ds)}
     resumed = DataLoaderState(ds, batch_size=4, seed=999, num_workers=2)
     resumed.load_state_dict(state)
