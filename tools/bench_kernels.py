@@ -14,14 +14,16 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import math
 import random
 import statistics
 import time
+import weakref
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import mmr1_kernels as K
 
@@ -58,26 +60,36 @@ def timed(fn, dev: str, repeat: int) -> float:
     return statistics.median(ts)
 
 
-def _cpu_limit_malloc_caching() -> None:
-    """Make glibc return every large block to the OS (fixed mmap threshold), so that the peak resident
-    set measures peak tensor memory on CPU."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB, disables the dynamic threshold
-    except OSError:
-        pass
+class _LiveTensorBytes(TorchDispatchMode):
+    """Peak bytes of live tensor storages created under this mode (CPU stand-in for CUDA's allocator
+    statistics): every op output's storage is counted until Python frees it."""
 
+    def __init__(self):
+        super().__init__()
+        self.live: dict[int, int] = {}
+        self.cur = self.peak = 0
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
+    def _free(self, key):
+        self.cur -= self.live.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                st = t.untyped_storage()
+                key = st.data_ptr()
+                if key and key not in self.live:
+                    self.live[key] = st.nbytes()
+                    self.cur += st.nbytes()
+                    self.peak = max(self.peak, self.cur)
+                    weakref.finalize(st, self._free, key)
+        return out
 
 
 def peak_extra_bytes(fn, dev: str) -> int:
-    """Peak memory allocated by fn() above what was allocated before it."""
+    """Peak memory allocated by fn() above what was allocated before it (after fn.reset(), if any)."""
+    if hasattr(fn, "reset"):
+        fn.reset()
     if dev == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -85,11 +97,10 @@ def peak_extra_bytes(fn, dev: str) -> int:
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    with open("/proc/self/clear_refs", "w") as f:  # reset the peak resident set (VmHWM)
-        f.write("5")
-    base = _status_kb("VmRSS")
-    fn()
-    return (_status_kb("VmHWM") - base) * 1024
+    mode = _LiveTensorBytes()
+    with mode:
+        fn()
+    return mode.peak
 
 
 def device_peaks(dev: str, dtype: torch.dtype) -> tuple[float, float, str]:
@@ -143,6 +154,10 @@ def run_loss_impl(impl: str, inputs, dev):
         loss.backward()
         return loss
 
+    def reset():  # drop the gradients of the previous run before a memory baseline is taken
+        xr.grad = wr.grad = None
+
+    fn.reset = reset
     return fn
 
 
@@ -185,27 +200,37 @@ def bench_loss(shapes, dtype, dev, repeat, rows):
           f"{'GB/s':>7} | vs ref"
     print(hdr + "\n" + "-" * len(hdr))
     isz = torch.empty((), dtype=dtype).element_size()
+    impls = ["reference", "fused"] + (["liger"] if have_liger else [])
+    times, mems, t3s = {}, {}, {}
+    # all timings first, then the peak-memory runs (on CPU those run under a dispatch-mode probe)
+    for phase in ("time", "memory"):
+        for T, H, V in shapes:
+            inputs = loss_inputs(T, H, V, dtype, dev)
+            for impl in impls:
+                try:
+                    fn = run_loss_impl(impl, inputs, dev)
+                    if phase == "time":
+                        times[T, H, V, impl] = timed(fn, dev, repeat)
+                    elif (T, H, V, impl) in times:
+                        mems[T, H, V, impl] = peak_extra_bytes(fn, dev)
+                except Exception as e:  # a third-party column must not end the run
+                    print(f"{T:>6} {H:>5} {V:>7} | {impl:<9} failed: {type(e).__name__}: {str(e)[:80]}")
+            if phase == "time":
+                t3s[T, H, V] = timed(gemm3(T, H, V, dtype, dev), dev, repeat)
+            del inputs
+            if dev == "cuda":
+                torch.cuda.empty_cache()
     for T, H, V in shapes:
         flops = 6.0 * T * H * V  # three GEMMs of 2 T H V
-        inputs = loss_inputs(T, H, V, dtype, dev)
-        impls = ["reference", "fused"] + (["liger"] if have_liger else [])
-        res = {}
-        for impl in impls:
-            try:
-                fn = run_loss_impl(impl, inputs, dev)
-                t = timed(fn, dev, repeat)
-                mem = peak_extra_bytes(fn, dev)
-                res[impl] = (t, mem)
-            except Exception as e:  # a third-party column must not end the run
-                print(f"{T:>6} {H:>5} {V:>7} | {impl:<9} failed: {type(e).__name__}: {str(e)[:80]}")
-        t3 = timed(gemm3(T, H, V, dtype, dev), dev, repeat)
+        t3 = t3s[T, H, V]
         # modelled traffic: fused = logits written, read by the stats pass, read+written as dlogits, read by
         # the dX and dW GEMMs (6 T V) + X, W, dX, dW; reference = the same GEMM traffic plus fp32 log-softmax,
         # entropy and their backward over [T, V] (about 12 fp32 passes)
         io = 2 * (T * H + V * H) * isz
         bytes_model = {"fused": 6 * T * V * isz + io, "reference": 3 * T * V * isz + 12 * T * V * 4 + io,
                        "liger": 6 * T * V * isz + io}
-        t_ref = res.get("reference", (math.nan, 0))[0]
+        t_ref = times.get((T, H, V, "reference"), math.nan)
+        res = {i: (times[T, H, V, i], mems.get((T, H, V, i), 0)) for i in impls if (T, H, V, i) in times}
         for impl, (t, mem) in res.items():
             tf = flops / t
             bw = bytes_model[impl] / t
@@ -224,9 +249,6 @@ def bench_loss(shapes, dtype, dev, repeat, rows):
             emit(rows, bench="grpo_loss_targets", device=dev, T=T, H=H, V=V, gemm3_ms=t3 * 1e3,
                  fused_over_gemm3_time=t_ratio, fused_over_reference_peak_mem=mem_ratio,
                  fused_over_liger_time=res["fused"][0] / res["liger"][0] if "liger" in res else None)
-        del inputs
-        if dev == "cuda":
-            torch.cuda.empty_cache()
 
 
 # ----------------------------------------------------------------------------- 2. VPS statistics
@@ -312,21 +334,12 @@ def main(argv=None) -> list[dict]:
                     help="torch CPU threads (--quick: 1, for stable numbers on shared cores)")
     args = ap.parse_args(argv)
     dev = "cpu" if args.quick else args.device
-    if dev == "cpu":
-        _cpu_limit_malloc_caching()
     threads = args.threads or (1 if args.quick else None)
     if threads:
         torch.set_num_threads(threads)
     print(f"device {dev}" + (f" ({torch.cuda.get_device_name()})" if dev == "cuda" else "")
           + f", torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s)")
     rows: list[dict] = []
-    if not args.skip_loss:
-        if dev == "cuda":
-            bench_loss([(4096, 3584, 152064), (16384, 3584, 152064)], torch.bfloat16, dev, 5, rows)
-        elif args.quick:
-            bench_loss([(1024, 256, 8192), (2048, 256, 8192)], torch.float32, dev, 1, rows)
-        else:
-            bench_loss([(2048, 512, 32768), (4096, 512, 65536)], torch.float32, dev, 2, rows)
     if not args.skip_vps:
         if args.quick:
             bench_vps(32, 8, 512, dev, rows)
@@ -334,6 +347,13 @@ def main(argv=None) -> list[dict]:
             bench_vps(512, 8, 1024, "cpu", rows)
             if dev == "cuda":
                 bench_vps(512, 8, 1024, dev, rows)
+    if not args.skip_loss:
+        if dev == "cuda":
+            bench_loss([(4096, 3584, 152064), (16384, 3584, 152064)], torch.bfloat16, dev, 5, rows)
+        elif args.quick:
+            bench_loss([(1024, 256, 8192), (2048, 256, 8192)], torch.float32, dev, 1, rows)
+        else:
+            bench_loss([(2048, 512, 32768), (4096, 512, 65536)], torch.float32, dev, 2, rows)
     return rows
 
 
