@@ -130,12 +130,14 @@ class _RecordDataset(torch.utils.data.Dataset):
         """Token count of each item (image tokens included), known without decoding images."""
         return np.asarray([len(x) for x in self._ids], dtype=np.int64)
 
-    def process_images(self, i: int) -> ProcessedImages:
+    def process_images(self, i: int, out: Optional[ProcessedImages] = None) -> ProcessedImages:
+        """Images of item ``i`` (or check ``out``, processed in a batch) against the header token counts."""
         rec = self.records[i]
-        try:
-            out = self.image_processor(rec.images)
-        except ImageError as e:
-            raise BadRecordError(rec.source, str(e), "image") from None
+        if out is None:
+            try:
+                out = self.image_processor(rec.images)
+            except ImageError as e:
+                raise BadRecordError(rec.source, str(e), "image") from None
         got = out.num_image_tokens(self.spec.merge_size)
         if got != self._image_tokens[i]:  # header size disagreed with the decoded image
             raise BadRecordError(rec.source, f"decoded images give {got} image tokens, headers said "
@@ -147,11 +149,24 @@ class _RecordDataset(torch.utils.data.Dataset):
         src = self.records[i].source
         return {"source_file": src.file, "source_line": src.line, "source": str(src), **self.records[i].extra}
 
+    def _build(self, index: int, proc: ProcessedImages) -> Any:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Any:
+        return self._build(index, self.process_images(index))
+
     def _fetch(self, indices: Sequence[int]) -> SampleBatch:
-        out, skipped = [], []
-        for i in indices:
+        indices = [int(i) for i in indices]
+        pre: list[Optional[ProcessedImages]] = [None] * len(indices)
+        if hasattr(self.image_processor, "process_many"):  # DALI: all images of the batch in one go
             try:
-                out.append(self[int(i)])
+                pre = list(self.image_processor.process_many([self.records[i].images for i in indices]))
+            except ImageError:  # redo one by one below, so that the bad record gets named
+                pass
+        out, skipped = [], []
+        for i, proc in zip(indices, pre):
+            try:
+                out.append(self._build(i, self.process_images(i, proc)))
             except BadRecordError as e:
                 if self.bad.policy == "error":
                     raise
@@ -190,9 +205,8 @@ class RLDataset(_RecordDataset):
                                              f"data.max_prompt_length={self.cfg.max_prompt_length}", "too_long")
         return ids, None, counts, prompt
 
-    def __getitem__(self, index: int) -> Sample:
+    def _build(self, index: int, proc: ProcessedImages) -> Sample:
         rec = self.records[index]
-        proc = self.process_images(index)
         return Sample(
             index=index,
             prompt=self._prompts[index],
@@ -225,9 +239,8 @@ class SFTDataset(_RecordDataset):
                                              f"over data.seq_length={self.cfg.seq_length}", "too_long")
         return ids, labels, counts, ""
 
-    def __getitem__(self, index: int) -> SFTExample:
+    def _build(self, index: int, proc: ProcessedImages) -> SFTExample:
         rec = self.records[index]
-        proc = self.process_images(index)
         return SFTExample(
             index=index,
             input_ids=self._ids[index].tolist(),

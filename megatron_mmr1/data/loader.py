@@ -103,6 +103,10 @@ class DataLoaderState:
         )
         pad_id = getattr(getattr(dataset, "formatter", None), "endoftext_id", 0) or 0
         self.collate = _Collate(pack_seq_length is not None, pad_id, pad_to_multiple_of)
+        proc = getattr(dataset, "image_processor", None)
+        if num_workers and getattr(proc, "name", "") == "dali" and getattr(proc, "device", "") == "gpu":
+            logger.warning("DALI decodes on the GPU in the main process: data.num_workers=%d -> 0", num_workers)
+            num_workers = 0
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
 
     @classmethod

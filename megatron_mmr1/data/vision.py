@@ -304,6 +304,7 @@ def build_image_processor(cfg: Any = None, decoder: Optional[str] = None, **kwar
         return PillowImageProcessor(spec)
     from megatron_mmr1.data import dali
 
+    kwargs.setdefault("resize", getattr(cfg, "dali_resize", None) or "exact")
     if decoder == "dali":
         return dali.DaliImageProcessor(spec, **kwargs)
     if decoder == "auto":

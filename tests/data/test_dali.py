@@ -137,3 +137,16 @@ def test_dali_accepts_pil_images_and_paths(tmp_path):
     a, b = proc.process_many([[img], [str(tmp_path / "a.png")]])
     assert torch.equal(a.pixel_values, b.pixel_values) and proc.stats == {"dali": 1, "pillow": 1}
     assert img.size == (90, 70)  # the caller's image is still usable
+
+
+@needs_dali
+def test_dataset_batches_images_through_dali(rl_cfg, tokenizer):
+    from megatron_mmr1.data.dataset import RLDataset
+
+    proc = dali.DaliImageProcessor(VisionSpec(), device="cpu", batch_size=16, num_threads=1)
+    ds = RLDataset(rl_cfg, tokenizer, image_processor=proc)
+    ref = RLDataset(rl_cfg, tokenizer)
+    batch = ds.get_batch([0, 3, 5])
+    assert proc.stats["dali"] == 3  # one process_many call for the batch
+    for s in batch:
+        assert torch.equal(s.pixel_values, ref[s.index].pixel_values) and s.prompt_ids == ref[s.index].prompt_ids
