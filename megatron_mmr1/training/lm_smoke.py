@@ -18,7 +18,7 @@ from megatron_mmr1.config import RunConfig
 from megatron_mmr1.models.language import build_language_model
 from megatron_mmr1.models.presets import resolve_model_dims
 from megatron_mmr1.parallel import DistInfo
-from megatron_mmr1.utils.logging import get_logger, progress
+from megatron_mmr1.utils.logging import TensorBoardWriter, get_logger, progress
 
 logger = get_logger(__name__)
 
@@ -161,6 +161,7 @@ def run(cfg: RunConfig, dist_info: DistInfo, steps: int, seq_length: int = 32) -
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("model: %s, %.2fM params on this rank, tp=%d pp=%d dp=%d, %d micro-batches/step",
                 cfg.model.preset, n_params / 1e6, dist_info.tp, dist_info.pp, dist_info.dp, num_micro)
+    tb = TensorBoardWriter(cfg.logging.tensorboard_dir or f"{cfg.output_dir}/tensorboard")
     losses = []
     for step in progress(range(steps), desc="lm smoke", enabled=cfg.logging.progress and dist_info.rank == 0):
         batches = synthetic_batches(cfg.parallel.seed + 1000 * step + dist_info.dp_rank, num_micro,
@@ -169,4 +170,6 @@ def run(cfg: RunConfig, dist_info: DistInfo, steps: int, seq_length: int = 32) -
         loss = loss_for_logging(loss, dist_info.device)
         losses.append(loss)
         logger.info("step %d | loss %.4f | grad norm %.3f", step + 1, loss, grad_norm)
+        tb.add_scalars({"loss": loss, "grad_norm": grad_norm}, step + 1, prefix="train/")
+    tb.close()
     return losses
