@@ -83,7 +83,9 @@ class _RecordDataset(torch.utils.data.Dataset):
         image_processor: Optional[ImageProcessor] = None,
         formatter: Optional[ChatFormatter] = None,
         bad: Optional[BadRecords] = None,
+        scan_workers: Optional[int] = None,
     ):
+        """``scan_workers``: processes for the up-front checks of large datasets (default data.num_workers)."""
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.spec = image_processor.spec if image_processor is not None else VisionSpec.from_config(cfg)
@@ -93,27 +95,25 @@ class _RecordDataset(torch.utils.data.Dataset):
         files = list(files if files is not None else cfg.train_files)
         records = read_records(files, self.kind, cfg, self.bad)
         self.records: list[Record] = []
-        self._ids: list[np.ndarray] = []
-        self._labels: list[Optional[np.ndarray]] = []
+        self._lengths: list[int] = []
         self._image_tokens: list[list[int]] = []
         self._prompts: list[str] = []
-        for rec in records:
-            try:
-                ids, labels, counts, prompt = self._prepare(rec)
-            except BadRecordError as e:
-                self.bad.handle(e)
+        workers = getattr(cfg, "num_workers", 0) if scan_workers is None else scan_workers
+        for rec, res in zip(records, _scan(self, records, workers)):
+            if isinstance(res, BadRecordError):
+                self.bad.handle(res)
                 continue
             self.records.append(rec)
-            self._ids.append(np.asarray(ids, dtype=np.int32))
-            self._labels.append(None if labels is None else np.asarray(labels, dtype=np.int32))
-            self._image_tokens.append(counts)
-            self._prompts.append(prompt)
+            self._lengths.append(res[0])
+            self._image_tokens.append(res[1])
+            self._prompts.append(res[2])
         if self.bad.total:
             logger.warning("%s dataset: skipped %d bad records %s", self.kind, self.bad.total, self.bad.summary())
         if not self.records:
             raise ValueError(f"no usable {self.kind} records in {files} (skipped: {self.bad.summary()})")
 
-    def _prepare(self, rec: Record):
+    def _prepare(self, rec: Record) -> tuple[int, list[int], str]:
+        """(token count, image-token counts, prompt text) or BadRecordError; no pixel decoding."""
         raise NotImplementedError
 
     def _counts(self, rec: Record) -> list[int]:
@@ -128,7 +128,11 @@ class _RecordDataset(torch.utils.data.Dataset):
     @property
     def lengths(self) -> np.ndarray:
         """Token count of each item (image tokens included), known without decoding images."""
-        return np.asarray([len(x) for x in self._ids], dtype=np.int64)
+        return np.asarray(self._lengths, dtype=np.int64)
+
+    def _check_length(self, index: int, n: int) -> None:
+        if n != self._lengths[index]:  # the tokenizer changed under us, or a bug
+            raise RuntimeError(f"{self.records[index].source}: {n} tokens now, {self._lengths[index]} at construction")
 
     def process_images(self, i: int, out: Optional[ProcessedImages] = None) -> ProcessedImages:
         """Images of item ``i`` (or check ``out``, processed in a batch) against the header token counts."""
@@ -203,14 +207,16 @@ class RLDataset(_RecordDataset):
         if len(ids) > self.cfg.max_prompt_length:
             raise BadRecordError(rec.source, f"prompt has {len(ids)} tokens ({sum(counts)} image tokens), over "
                                              f"data.max_prompt_length={self.cfg.max_prompt_length}", "too_long")
-        return ids, None, counts, prompt
+        return len(ids), counts, prompt
 
     def _build(self, index: int, proc: ProcessedImages) -> Sample:
         rec = self.records[index]
+        ids = self.formatter.encode_prompt(self._prompts[index], self._image_tokens[index])
+        self._check_length(index, len(ids))
         return Sample(
             index=index,
             prompt=self._prompts[index],
-            prompt_ids=self._ids[index].tolist(),
+            prompt_ids=ids,
             answer=rec.answer,
             images=list(rec.images),
             pixel_values=proc.pixel_values if rec.images else None,
@@ -237,18 +243,64 @@ class SFTDataset(_RecordDataset):
         if len(ids) > self.cfg.seq_length:
             raise BadRecordError(rec.source, f"conversation has {len(ids)} tokens ({sum(counts)} image tokens), "
                                              f"over data.seq_length={self.cfg.seq_length}", "too_long")
-        return ids, labels, counts, ""
+        return len(ids), counts, ""
 
     def _build(self, index: int, proc: ProcessedImages) -> SFTExample:
         rec = self.records[index]
+        ids, labels = self.formatter.encode_sft(self.formatter.sft_messages(rec.text), self._image_tokens[index])
+        self._check_length(index, len(ids))
         return SFTExample(
             index=index,
-            input_ids=self._ids[index].tolist(),
-            labels=self._labels[index].tolist(),
+            input_ids=ids,
+            labels=labels,
             pixel_values=proc.pixel_values if rec.images else None,
             image_grid_thw=proc.image_grid_thw if rec.images else None,
             metadata=self.metadata(index),
         )
+
+
+_SCAN: Optional[tuple] = None  # (dataset, records) inherited by forked scan workers
+SCAN_CHUNK = 512
+
+
+def _scan_range(bounds: tuple[int, int]) -> list:
+    ds, records = _SCAN
+    out = []
+    for rec in records[bounds[0] : bounds[1]]:
+        try:
+            out.append(ds._prepare(rec))
+        except BadRecordError as e:
+            out.append(e)
+    return out
+
+
+def _scan(ds: "_RecordDataset", records: list[Record], workers: int) -> list:
+    """Run ``_prepare`` over all records, in forked processes when there are many (results in order).
+
+    MMR1-SFT has ~1.6M long conversations: one process checks ~100-300 records/s, so big datasets
+    are split over ``workers`` processes (fork: the records and the tokenizer are inherited, only
+    small results travel back).
+    """
+    global _SCAN
+    from tqdm import tqdm
+
+    chunks = [(i, min(i + SCAN_CHUNK, len(records))) for i in range(0, len(records), SCAN_CHUNK)]
+    progress = dict(total=len(chunks), desc=f"checking {ds.kind} records", unit="chunk",
+                    disable=len(chunks) < 8, leave=False)
+    _SCAN = (ds, records)
+    try:
+        if workers > 1 and len(chunks) > 1:
+            import multiprocessing as mp
+            import os
+
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            with mp.get_context("fork").Pool(min(workers, len(chunks))) as pool:
+                parts = list(tqdm(pool.imap(_scan_range, chunks), **progress))
+        else:
+            parts = [_scan_range(c) for c in tqdm(chunks, **progress)]
+    finally:
+        _SCAN = None
+    return [r for part in parts for r in part]
 
 
 def _count_placeholders(messages: list[dict]) -> int:

@@ -113,3 +113,16 @@ def test_decoded_size_disagreeing_with_header_is_caught(rl_cfg, tokenizer):
     ds._image_tokens[0] = [ds._image_tokens[0][0] + 1]
     with pytest.raises(BadRecordError, match="headers said"):
         ds[0]
+
+
+def test_parallel_scan_equals_serial(mixed, synth, tokenizer, monkeypatch):
+    from megatron_mmr1.data import dataset as dataset_mod
+
+    monkeypatch.setattr(dataset_mod, "SCAN_CHUNK", 3)
+    serial = _ds(mixed, tokenizer, "skip", scan_workers=0)
+    forked = _ds(mixed, tokenizer, "skip", scan_workers=2)
+    assert [r.source for r in forked.records] == [r.source for r in serial.records]
+    assert forked.bad.summary() == serial.bad.summary() and forked.bad.examples == serial.bad.examples
+    cfg = DataConfig(kind="sft", train_files=[str(synth["sft_train"])], seq_length=4096)
+    a, b = SFTDataset(cfg, tokenizer, scan_workers=0), SFTDataset(cfg, tokenizer, scan_workers=2)
+    assert a.lengths.tolist() == b.lengths.tolist() and a[2].labels == b[2].labels
