@@ -53,6 +53,12 @@ def test_gradients_reach_every_trainable_param(tp2):
         assert rank["frozen_vision_trainable"] == [] and rank["frozen_with_grad"] == []
 
 
+def test_memory_model_counts_what_each_rank_holds(tp2):
+    from megatron_mmr1.models.memory import stage_params
+
+    assert [r["n_params"] for r in tp2] == [stage_params(w.tiny_dims(), tp=2, pp=1)[0].params] * 2
+
+
 def test_weight_sync_stream_is_bitwise_hf(tp2):
     for rank in tp2:
         assert rank["sync_not_bitwise"] == []
@@ -100,3 +106,7 @@ def test_pp2_logits_match_hf_direct_and_resharded(ckpts, tp2):
         for case in CASES:
             assert _max_diff(last[source][case], ckpts["refs"][case], case) <= TOL, (source, case)
     assert _max_diff(last["tied"], ckpts["refs"]["tied"], "images") <= TOL
+    from megatron_mmr1.models.memory import stage_params
+
+    assert [r["n_params"] for r in ranks] == [s.params for s in stage_params(w.tiny_dims(), tp=1, pp=2)]
+    assert [r["n_params_tied"] for r in ranks] == [s.params for s in stage_params(w.tiny_dims(True), tp=1, pp=2)]

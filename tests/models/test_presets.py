@@ -40,3 +40,11 @@ def test_config_json_round_trip(tmp_path):
                 "vocab_size", "rope_theta", "mrope_section", "tie_word_embeddings", "image_token_id",
                 "vision_start_token_id", "vision"):
         assert back[key] == dims[key], key
+
+
+@pytest.mark.parametrize("preset", ["qwen2.5-vl-3b", "qwen2.5-vl-7b"])
+def test_memory_model_counts_the_whole_model_on_one_gpu(preset):
+    from megatron_mmr1.models.memory import stage_params
+
+    [stage] = stage_params(resolve_model_dims(ModelConfig(preset=preset)), tp=1, pp=1)
+    assert stage.params == PUBLISHED[preset]

@@ -165,6 +165,7 @@ def tp2_worker(hf_dir: str, mcore_dir: str) -> dict:
 
     chunks = _init(2, 1, hf_dir)
     out = {case: forward_logits(chunks, make_batch(case)) for case in ("images", "text")}
+    out["n_params"] = sum(p.numel() for p in chunks[0].parameters())
 
     # return_hidden + output_layer_weight reproduce this rank's vocab-parallel logits.
     batch = make_batch("images")
@@ -219,6 +220,8 @@ def pp2_worker(hf_dir: str, mcore_dir: str, tied_hf_dir: str) -> dict:
     tied = build_model((ModelConfig(preset="tiny", hf_path=tied_hf_dir, params_dtype="fp32"),
                         ParallelConfig(pp=2, sequence_parallel=False)))
     out["tied"] = forward_logits(tied, make_batch("images"))
+    out["n_params"] = sum(p.numel() for p in chunks[0].parameters())
+    out["n_params_tied"] = sum(p.numel() for p in tied[0].parameters())
     return out
 
 
