@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from megatron_mmr1.data.dataset import SampleBatch
-from megatron_mmr1.data.packing import PackedBatch, collate_packed, plan_packs
+from megatron_mmr1.data.packing import collate_packed, plan_packs
 
 logger = logging.getLogger(__name__)
 
