@@ -15,8 +15,10 @@ import tempfile
 
 def all_specs(dtype: str = "bf16") -> list[dict]:
     from .fused_logprobs import aot_specs as logprob_specs  # (the package attribute is the function)
+    from .levenshtein import aot_specs as levenshtein_specs
 
-    return logprob_specs(dtype)
+    # the Levenshtein kernel has no floating-point data: built once, reported under the bf16 run
+    return logprob_specs(dtype) + (levenshtein_specs() if dtype == "bf16" else [])
 
 
 def compile_all(arch: int = 90, dtype: str = "bf16") -> list[dict]:

@@ -33,6 +33,8 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
+from ._dispatch import HAS_TRITON, use_triton
+
 _MIN64 = -(2**63)
 _PACK_LIMIT = 2**62  # bound on packed n-gram keys (tests lower it to exercise rank compression)
 
@@ -259,7 +261,8 @@ def self_bleu(groups: GroupsLike, max_n: int = 3) -> torch.Tensor:
 def edit_distance(groups: GroupsLike, backend: str = "auto") -> torch.Tensor:
     """Mean over pairs i < j of Levenshtein(seq_i, seq_j) / max(len_i, len_j). -> [G] float64.
 
-    backend: "auto" (C ``Levenshtein`` on CPU when installed, else torch), "torch", "levenshtein".
+    backend: "auto" (Triton on CUDA; C ``Levenshtein`` on CPU when installed; else torch), "triton",
+    "torch", "levenshtein".
     """
     p = pack_groups(groups)
     G, dev = p.num_groups, p.device
@@ -274,8 +277,13 @@ def edit_distance(groups: GroupsLike, backend: str = "auto") -> torch.Tensor:
         return out
     pi, pj, pg = (torch.cat(x).to(dev) for x in (pi, pj, pg))
     if backend == "auto":
-        backend = "levenshtein" if dev.type == "cpu" and _has_levenshtein() else "torch"
-    if backend == "levenshtein":
+        if dev.type == "cuda" and HAS_TRITON:
+            backend = "triton"
+        else:
+            backend = "levenshtein" if dev.type == "cpu" and _has_levenshtein() else "torch"
+    if backend == "triton" and use_triton("triton", p.tokens):
+        dist = _pairs_levenshtein_triton(p, pi, pj)
+    elif backend == "levenshtein":
         dist = _pairs_levenshtein_c(p, pi, pj)
     elif backend == "torch":
         dist = _pairs_levenshtein_torch(p, pi, pj)
@@ -291,6 +299,24 @@ def edit_distance(groups: GroupsLike, backend: str = "auto") -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # Levenshtein of many pairs
 # ---------------------------------------------------------------------------------------------
+
+
+def _pairs_levenshtein_triton(p: PackedGroups, pi: torch.Tensor, pj: torch.Tensor) -> torch.Tensor:
+    """Triton kernel (kernels/levenshtein.py) with the shorter sequence of each pair as the pattern;
+    pairs whose shorter side exceeds the kernel's register budget go to the torch path."""
+    from .levenshtein import MAX_WORDS, pairs_levenshtein_triton
+
+    starts = torch.cumsum(p.seq_lens, 0) - p.seq_lens
+    swap = p.seq_lens[pi] > p.seq_lens[pj]
+    a, b = torch.where(swap, pj, pi), torch.where(swap, pi, pj)
+    fits = p.seq_lens[a] <= 64 * MAX_WORDS
+    out = torch.empty(pi.numel(), dtype=torch.int64, device=p.device)
+    if bool(fits.any()):
+        fa, fb = a[fits], b[fits]
+        out[fits] = pairs_levenshtein_triton(p.tokens, starts[fa], p.seq_lens[fa], starts[fb], p.seq_lens[fb])
+    if not bool(fits.all()):
+        out[~fits] = _pairs_levenshtein_torch(p, a[~fits], b[~fits])
+    return out
 
 
 def _has_levenshtein() -> bool:

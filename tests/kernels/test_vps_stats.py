@@ -169,3 +169,15 @@ def test_rank_compression_path(monkeypatch):
     groups = random_groups(6, vocab=9) + EDGE
     _close(vs.self_bleu(groups, 4), ref_self_bleu(groups, 4))
     _close(vs.distinct_n(groups, 4), ref_distinct_n(groups, 4))
+
+
+def test_edit_distance_triton_kernel():
+    # the Triton bit-parallel kernel (interpreter on CPU): empty, short, exactly one word, one word + 1
+    from ._common import backend_or_skip, device
+
+    backend_or_skip("triton")
+    rng = random.Random(7)
+    g = [[rng.randrange(3) for _ in range(n)] for n in (0, 3, 64, 65, 70)]
+    groups = [g, [[1, 2, 3], [3, 2, 1]]]
+    packed = pack_groups(groups, device=device())
+    _close(edit_distance(packed, backend="triton").cpu(), ref_edit_distance(groups))
