@@ -84,6 +84,11 @@ def build_launches(args: argparse.Namespace, extra: list[str]) -> list[Launch]:
         rport = _ports(host, args.router_port, 1)[0] if args.find_free_ports else args.router_port
         cmd = [sys.executable, "-m", "sglang_router.launch_router", "--worker-urls",
                *[l.url for l in launches], "--policy", args.router_policy, "--host", host, "--port", str(rport)]
+        prom = args.router_prometheus_port
+        if prom is None and args.find_free_ports:  # the router's metrics port (29000) clashes with a second router
+            prom = _ports(host, 29000, 1)[0]
+        if prom is not None:
+            cmd += ["--prometheus-port", str(prom)]
         launches.append(Launch("router", cmd, f"http://{url_host}:{rport}"))
     return launches
 
@@ -122,6 +127,8 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, li
     ap.add_argument("--base-port", type=int, default=30010)
     ap.add_argument("--router-port", type=int, default=None, help="start sglang-router on this port")
     ap.add_argument("--router-policy", default="round_robin")
+    ap.add_argument("--router-prometheus-port", type=int, default=None,
+                    help="router metrics port (default: the first free port from 29000)")
     ap.add_argument("--no-find-free-ports", dest="find_free_ports", action="store_false",
                     help="use base-port + i exactly instead of the next free ports")
     ap.add_argument("--enable-memory-saver", action="store_true", help="colocated mode (release/resume memory)")

@@ -125,6 +125,7 @@ class RewardPool:
         grace_s: float = 2.0,
         mp_context: str = "spawn",
         warmup_args: Optional[tuple] = None,
+        max_start_failures: int = 3,
     ):
         if timeout_s <= 0:
             raise ValueError(f"reward timeout_s={timeout_s} must be > 0")
@@ -135,6 +136,7 @@ class RewardPool:
         self.warmup_args = warmup_args
         self.stats = PoolStats()
         self._start_failures = 0
+        self.max_start_failures = max_start_failures
         # spawn: the trainer process holds torch/aiohttp threads, which fork would copy mid-state.
         self._ctx = mp.get_context(mp_context)
         self._workers: list[_Worker] = [self._spawn() for _ in range(num_workers)]
@@ -203,7 +205,7 @@ class RewardPool:
                 self._replace(i)
                 return 1
             self._start_failures += 1
-            if self._start_failures > 3:
+            if self._start_failures > self.max_start_failures:
                 raise RuntimeError(
                     f"reward workers keep dying before they are ready (last pid {w.proc.pid}, exit code "
                     f"{w.proc.exitcode}): cannot import the score function? {self.score_fn!r}"

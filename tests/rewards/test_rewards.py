@@ -138,6 +138,6 @@ def test_worker_crash_and_exception_score_zero_not_raise():
 
 
 def test_workers_that_cannot_start_raise_instead_of_looping():
-    with RewardPool(_slow_scores.die_on_import_marker, num_workers=1, timeout_s=1.0) as p:
+    with RewardPool(_slow_scores.die_on_import_marker, num_workers=1, timeout_s=1.0, max_start_failures=1) as p:
         with pytest.raises(RuntimeError, match="keep dying"):
             p.map([("x", "")])

@@ -107,7 +107,8 @@ class RouterProcess:
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sglang_router.launch_router", "--worker-urls", *worker_urls,
-             "--policy", "round_robin", "--host", "127.0.0.1", "--port", str(self.port), *(extra or [])],
+             "--policy", "round_robin", "--host", "127.0.0.1", "--port", str(self.port),
+             "--prometheus-port", str(free_port()), *(extra or [])],  # two routers must not share 29000
             stdout=self._log, stderr=subprocess.STDOUT,
         )
 

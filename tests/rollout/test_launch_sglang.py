@@ -21,7 +21,7 @@ spec.loader.exec_module(launch_sglang)
 def test_sglang_command_lines_place_tp_groups_on_gpus():
     args, extra = launch_sglang.parse_args([
         "--model", "/ckpt/qwen", "--num-servers", "2", "--tp", "2", "--gpu-offset", "4", "--host", "0.0.0.0",
-        "--advertise-host", "node7", "--base-port", "31000", "--router-port", "30000", "--no-find-free-ports",
+        "--advertise-host", "node7", "--base-port", "31000", "--router-port", "30000", "--no-find-free-ports", "--router-prometheus-port", "29100",
         "--enable-memory-saver", "--", "--mem-fraction-static", "0.6",
     ])
     ls = launch_sglang.build_launches(args, extra)
@@ -36,6 +36,7 @@ def test_sglang_command_lines_place_tp_groups_on_gpus():
     assert router.cmd[1:3] == ["-m", "sglang_router.launch_router"]
     i = router.cmd.index("--worker-urls")
     assert router.cmd[i + 1 : i + 3] == [s0.url, s1.url] and router.url == "http://node7:30000"
+    assert router.cmd[router.cmd.index("--prometheus-port") + 1] == "29100"
 
 
 def test_dry_run_prints_commands(capsys):
@@ -49,6 +50,7 @@ def test_live_local_backend_waits_for_health_and_prints_urls(tiny_ckpt, tmp_path
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "tools" / "launch_sglang.py"), "--backend", "local", "--model", str(tiny_ckpt[0]),
          "--num-servers", "1", "--base-port", str(free_port()), "--router-port", str(free_port()),
+         "--router-prometheus-port", str(free_port()),
          "--log-dir", str(tmp_path / "logs"), "--url-file", str(url_file), "--timeout-s", "180"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT),
     )
@@ -60,7 +62,7 @@ def test_live_local_backend_waits_for_health_and_prints_urls(tiny_ckpt, tmp_path
             if not line:
                 break
             lines.append(line.strip())
-        assert [l.split()[0] for l in lines] == ["server", "router"], (lines, proc.stderr.read() if proc.poll() else "")
+        assert [l.split()[0] for l in lines] == ["server", "router"], (lines, proc.stderr.read() if proc.poll() is not None else "")
         urls = json.loads(url_file.read_text())
         assert urls["servers"] == [lines[0].split()[1]] and urls["router"] == lines[1].split()[1]
         for u in urls["servers"] + [urls["router"]]:
