@@ -132,7 +132,9 @@ class DaliImageProcessor:
             enc = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
             size1 = fn.external_source(name="size1", dtype=types.FLOAT, ndim=1)
             size2 = fn.external_source(name="size2", dtype=types.FLOAT, ndim=1)
-            img = fn.decoders.image(enc, device="mixed" if gpu else "cpu", output_type=types.RGB)
+            # fancy upsampling: nvJPEG upsamples chroma like libjpeg-turbo (Pillow) instead of its own way
+            img = fn.decoders.image(enc, device="mixed" if gpu else "cpu", output_type=types.RGB,
+                                    jpeg_fancy_upsampling=True)
             if self.resize == "exact":  # uint8 HWC; resized by resample.pillow_bicubic
                 return img
             for size in (size1, size2):  # two one-axis passes, uint8 in between, as Pillow
