@@ -15,12 +15,12 @@ Edge cases (documented in docs/kernels.md):
 - empty sequences follow NLTK: an empty hypothesis scores BLEU 0; two empty sequences are at edit
   distance 0 (normalised 0/0 := 0).
 
-Implementation: all sequences are packed into one flat token tensor. n-gram ids are built exactly by
-iterated rank compression (id_k = rank of (id_{k-1}, token) pairs), so no hash collisions and no
-overflow for any vocabulary. Counting is sort/unique/scatter in torch (CPU or GPU). Edit distance is
-Hyyro's bit-parallel Levenshtein vectorised over all pairs and 64-bit words (carry look-ahead as a
-Kogge-Stone scan), in torch; on CPU the C ``Levenshtein`` package is used instead when installed
-(it runs the same bit-parallel algorithm per pair, faster than tensor ops on a CPU).
+Implementation: all sequences are packed into one flat token tensor. n-gram ids are exact (packed token
+ranks, or rank compression of (id_{k-1}, token) pairs when those would overflow int64): no hash
+collisions for any vocabulary. Counting is one sort per order plus segment reductions in torch (CPU or
+GPU; numpy's sort on CPU). Edit distance is Hyyro's bit-parallel Levenshtein: a Triton kernel on CUDA
+(kernels/levenshtein.py), the C ``Levenshtein`` package on CPU when installed, else torch vectorised
+over all pairs and 64-bit words (carry look-ahead as a Kogge-Stone scan).
 """
 
 from __future__ import annotations
