@@ -180,6 +180,8 @@ def tp2_worker(hf_dir: str, mcore_dir: str) -> dict:
 
     _backward(chunks, batch)
     out["missing_grads"], _ = _grad_report(chunks)
+    # Replicated vision params must get the same gradient on every TP rank (no extra all-reduce needed).
+    out["vision_grads"] = {n: p.grad.clone() for n, p in chunks[0].named_parameters() if n.startswith("vision_model.")}
     frozen = build_model((ModelConfig(preset="tiny", hf_path=hf_dir, params_dtype="fp32", freeze_vision=True),
                           ParallelConfig(tp=2, sequence_parallel=False)))
     _backward(frozen, batch)
