@@ -12,6 +12,8 @@ it. :class:`BadRecords` applies ``data.on_bad_record``: raise, or skip + count +
 
 from __future__ import annotations
 
+import collections.abc
+import functools
 import json
 import logging
 import os
@@ -82,13 +84,14 @@ class BadRecords:
 
 @dataclass
 class Record:
-    """One parsed record: its fields (keys already mapped) and images resolved to paths or bytes."""
+    """One parsed record: its fields (keys already mapped) and images resolved to paths or bytes
+    (a lazy :class:`ParquetImages` sequence for Parquet files)."""
 
     source: RecordSource
     text: Any
     """RL: the problem string; SFT: the list of messages."""
     answer: str = ""
-    images: list[Any] = field(default_factory=list)
+    images: Any = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     """Other fields of the record (kept as metadata)."""
 
@@ -116,26 +119,74 @@ def _iter_jsonl(path: str) -> Iterator[tuple[RecordSource, Any]]:
             yield src, row
 
 
-def _iter_parquet(path: str) -> Iterator[tuple[RecordSource, Any]]:
+def _iter_parquet(path: str, lazy_key: Optional[str] = None) -> Iterator[tuple[RecordSource, Any]]:
+    """(source, dict) per row, one row group at a time. With ``lazy_key``, that column (the images)
+    is not kept: the row gets a :class:`ParquetImages` that reads it back from its row group when used."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:
         raise BadRecordError(path, f"not a readable Parquet file ({e})", "file") from None
+    names = pf.schema_arrow.names
+    lazy = lazy_key if lazy_key in names else None
+    others = [n for n in names if n != lazy]
     row = 0
-    for batch in pf.iter_batches(batch_size=256):
-        for rec in batch.to_pylist():
-            yield RecordSource(path, row, is_row=True), rec
+    for g in range(pf.num_row_groups):
+        table = pf.read_row_group(g, columns=others)
+        counts = None
+        if lazy is not None:  # only the image counts of this group stay in memory
+            col = pf.read_row_group(g, columns=[lazy]).column(0)
+            if hasattr(col.type, "value_type"):  # list of images
+                counts = pc.fill_null(pc.list_value_length(col), 0).to_pylist()
+            else:  # one image per row
+                counts = [0 if null else 1 for null in col.is_null().to_pylist()]
+            del col
+        for offset, rec in enumerate(table.to_pylist()):
+            src = RecordSource(path, row, is_row=True)
+            if lazy is not None:
+                rec[lazy] = ParquetImages(src, lazy, g, offset, counts[offset]) if counts[offset] else None
+            yield src, rec
             row += 1
 
 
-def iter_rows(path: str | os.PathLike) -> Iterator[tuple[RecordSource, Any]]:
+@functools.lru_cache(maxsize=2)
+def _row_group_column(path: str, group: int, key: str) -> list:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).read_row_group(group, columns=[key]).column(0).to_pylist()
+
+
+class ParquetImages(collections.abc.Sequence):
+    """The images of one Parquet row, read from their row group on first use (two groups cached per
+    process), so a dataset of embedded images is never held in memory as a whole."""
+
+    def __init__(self, source: RecordSource, key: str, group: int, offset: int, n: int):
+        self.source, self.key, self.group, self.offset, self.n = source, key, group, offset, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(self.n))]
+        if not -self.n <= k < self.n:
+            raise IndexError(k)
+        value = _row_group_column(self.source.file, self.group, self.key)[self.offset]
+        items = value if isinstance(value, list) else [value]
+        return _resolve_image(items[k], Path(self.source.file).resolve().parent, self.source)
+
+    def __repr__(self) -> str:
+        return f"ParquetImages({self.source}, {self.n} images)"
+
+
+def iter_rows(path: str | os.PathLike, lazy_images: Optional[str] = None) -> Iterator[tuple[RecordSource, Any]]:
     path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file {path} does not exist")
     if path.endswith(".parquet"):
-        return _iter_parquet(path)
+        return _iter_parquet(path, lazy_images)
     if path.endswith((".jsonl", ".json")):
         return _iter_jsonl(path)
     raise ValueError(f"data file {path}: unknown format (expected .jsonl or .parquet)")
@@ -159,10 +210,12 @@ def _resolve_image(item: Any, base: Path, src: RecordSource) -> Any:
                               "{bytes, path} struct", "field")
 
 
-def _images(row: dict, key: str, src: RecordSource) -> list[Any]:
+def _images(row: dict, key: str, src: RecordSource) -> Any:
     value = row.get(key)
     if value is None:
         return []
+    if isinstance(value, ParquetImages):
+        return value
     if isinstance(value, (str, bytes, dict)):
         value = [value]
     if not isinstance(value, list):
@@ -218,7 +271,7 @@ def read_records(files: Iterable[str], kind: Kind, cfg: Any, bad: Optional[BadRe
     if not files:
         raise ValueError(f"no data files given (data.train_files is empty) for {kind} records")
     for path in files:
-        for src, row in iter_rows(path):
+        for src, row in iter_rows(path, lazy_images=cfg.image_key):
             try:
                 if isinstance(row, BadRecordError):
                     raise row

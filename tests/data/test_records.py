@@ -132,3 +132,21 @@ def test_bad_record_error_survives_pickling_and_one_arg_form():
     assert str(e) == "f.jsonl:3: bad image" and e.kind == "image"
     assert str(BadRecordError("Caught BadRecordError in DataLoader worker ...")).startswith("Caught")
     assert json.dumps(BadRecords("skip").summary()) == "{}"
+
+
+def test_parquet_images_are_read_lazily_by_row_group(tmp_path, tokenizer):
+    from megatron_mmr1.data.records import ParquetImages
+    from tests.data.images import encode, photo
+
+    rows = [{"problem": f"<image>Q{i}", "answer": str(i), "images": [{"bytes": encode(photo(40 + i, 60, seed=i)),
+                                                                      "path": f"x{i}.png"}]} for i in range(5)]
+    rows[3]["images"] = [{"bytes": None, "path": None}]  # an entry that is neither bytes nor a path
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet", row_group_size=2)
+    cfg = DataConfig(train_files=[str(tmp_path / "d.parquet")], on_bad_record="skip")
+    ds = RLDataset(cfg, tokenizer)
+    assert isinstance(ds.records[0].images, ParquetImages) and len(ds) == 4
+    assert ds.bad.examples == [f"{tmp_path / 'd.parquet'} row 3: image entry of type dict is not a path, bytes or "
+                               "{bytes, path} struct"]
+    for i, s in zip([0, 1, 2, 4], [ds[k] for k in range(4)]):
+        assert s.answer == str(i) and s.images[0] == rows[i]["images"][0]["bytes"]
+        assert s.image_grid_thw.tolist() == [[1, 6, 8]] and s.metadata["source_line"] == i
