@@ -33,9 +33,9 @@ def _bicubic(x: np.ndarray) -> np.ndarray:
     )
 
 
-@functools.lru_cache(maxsize=512)
-def pillow_weights(in_size: int, out_size: int) -> np.ndarray:
-    """[out_size, in_size] int64 fixed-point weights of one bicubic pass (Pillow's precompute_coeffs)."""
+@functools.lru_cache(maxsize=1024)
+def _compact_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pillow's precompute_coeffs + fixed point: (window start [out], int weights [out, ksize], 0 past the window)."""
     scale = filterscale = in_size / out_size
     filterscale = max(filterscale, 1.0)
     support = SUPPORT * filterscale
@@ -51,11 +51,20 @@ def pillow_weights(in_size: int, out_size: int) -> np.ndarray:
         ww += k
     w = np.where(ww[:, None] != 0.0, w / np.where(ww == 0.0, 1.0, ww)[:, None], w)
     fixed = np.where(w < 0, np.trunc(-0.5 + w * (1 << PRECISION_BITS)), np.trunc(0.5 + w * (1 << PRECISION_BITS)))
-    dense = np.zeros((out_size, in_size), dtype=np.int64)
-    rows = np.repeat(np.arange(out_size), ksize)
-    cols = (xmin[:, None] + np.arange(ksize)[None, :]).ravel()
-    valid = (np.arange(ksize)[None, :] < xmax[:, None]).ravel()
-    dense[rows[valid], cols[valid]] = fixed.ravel()[valid].astype(np.int64)
+    return xmin, fixed
+
+
+def pillow_weights(in_size: int, out_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[out_size, in_size] float64 fixed-point weights of one bicubic pass, built on ``device``
+    from the compact form (only out_size * ksize numbers cross to the GPU)."""
+    xmin, fixed = _compact_weights(in_size, out_size)
+    out, ksize = fixed.shape
+    cols = torch.from_numpy(xmin).to(device)[:, None] + torch.arange(ksize, device=device)[None, :]
+    vals = torch.from_numpy(fixed).to(device)
+    keep = cols < in_size  # weights past the clipped window are 0
+    dense = torch.zeros(out, in_size, dtype=torch.float64, device=device)
+    rows = torch.arange(out, device=device)[:, None].expand(out, ksize)
+    dense[rows[keep], cols[keep]] = vals[keep]
     return dense
 
 
@@ -64,9 +73,8 @@ def _clip8(acc: torch.Tensor) -> torch.Tensor:
     return torch.floor(acc / (1 << PRECISION_BITS)).clamp_(0, 255)
 
 
-def _pass(x: torch.Tensor, weights: np.ndarray, dim: int) -> torch.Tensor:
-    """One-axis pass over ``dim`` of a float64 [H, W, C] tensor of integers 0..255."""
-    k = torch.from_numpy(weights).to(device=x.device, dtype=torch.float64)  # (out, in)
+def _pass(x: torch.Tensor, k: torch.Tensor, dim: int) -> torch.Tensor:
+    """One-axis pass over ``dim`` of a float64 [H, W, C] tensor of integers 0..255; k is (out, in)."""
     offset = float(1 << (PRECISION_BITS - 1))
     if dim == 1:  # horizontal: (H, W, C) -> (H, W', C)
         acc = torch.einsum("hwc,ow->hoc", x, k)
@@ -88,5 +96,5 @@ def pillow_bicubic(img: torch.Tensor, size: tuple[int, int], vertical_first: boo
         passes.reverse()
     for dim, n_in, n_out in passes:
         if n_in != n_out:
-            x = _pass(x, pillow_weights(n_in, n_out), dim)
+            x = _pass(x, pillow_weights(n_in, n_out, x.device), dim)
     return x.to(torch.uint8)

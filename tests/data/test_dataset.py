@@ -126,3 +126,20 @@ def test_parallel_scan_equals_serial(mixed, synth, tokenizer, monkeypatch):
     cfg = DataConfig(kind="sft", train_files=[str(synth["sft_train"])], seq_length=4096)
     a, b = SFTDataset(cfg, tokenizer, scan_workers=0), SFTDataset(cfg, tokenizer, scan_workers=2)
     assert a.lengths.tolist() == b.lengths.tolist() and a[2].labels == b[2].labels
+
+
+def test_sft_too_long_and_placeholder_mismatch(synth, tokenizer, tmp_path, caplog):
+    import json
+
+    rows = [json.loads(line) for line in open(synth["sft_train"])][:3]
+    rows[1]["messages"][1]["content"] += " word" * 3000
+    rows[2]["images"] = rows[2]["images"] * 2
+    path = tmp_path / "sft.jsonl"
+    write_jsonl(path, [dict(r, images=[str(synth["sft_train"].parent / p) for p in r["images"]]) for r in rows])
+    cfg = DataConfig(kind="sft", train_files=[str(path)], seq_length=2048)
+    with pytest.raises(BadRecordError, match=f"{path}:2: conversation has \\d+ tokens .* over data.seq_length=2048"):
+        SFTDataset(cfg, tokenizer)
+    with caplog.at_level(logging.WARNING):
+        ds = SFTDataset(DataConfig(kind="sft", train_files=[str(path)], seq_length=2048, on_bad_record="skip"), tokenizer)
+    assert len(ds) == 1 and ds.bad.summary() == {"too_long": 1, "prompt": 1}
+    assert f"{path}:3: messages have 1 <image> placeholders but 2 images" in caplog.text
