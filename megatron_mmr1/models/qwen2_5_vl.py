@@ -155,6 +155,10 @@ class Qwen25VLModel(torch.nn.Module):
         loss (b, s) when ``labels`` are given, or final-norm hidden states (b, s, h) with
         ``return_hidden``. Other stages: hidden states (s, b, h) for the next stage.
 
+        ``return_hidden`` contract: the hidden states are the same on every TP rank and the consumer
+        (``hidden @ output_layer_weight().T`` per vocab shard) must all-reduce their gradient over the TP
+        group, as ``mmr1_kernels.fused_grpo_loss(reduce_grad_hidden=True)`` does.
+
         ``attention_mask``: None (causal), a (b, s) 1/0 padding mask, or megatron's (b, 1, s, s) bool mask.
         ``position_ids``: (3, b, s); None computes them from ``input_ids`` and ``image_grid_thw``.
         """
@@ -176,7 +180,8 @@ class Qwen25VLModel(torch.nn.Module):
         if self.config.sequence_parallel:
             from megatron.core import tensor_parallel
 
-            hidden = tensor_parallel.gather_from_sequence_parallel_region(hidden)
+            # Backward only splits: the consumer already sums the hidden-state gradient over TP.
+            hidden = tensor_parallel.gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=False)
         return hidden.transpose(0, 1)  # (b, s, h)
 
 

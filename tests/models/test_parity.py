@@ -46,6 +46,8 @@ def test_hidden_states_and_output_weight_give_logits(tp2):
     for rank in tp2:
         assert rank["hidden_shape"] == (2, w.SEQ, 64)
         assert rank["hidden_vs_logits"] <= 1e-5
+        # The fused-loss path (hidden states + weight shard -> mmr1_kernels) trains like the logits path.
+        assert rank["hidden_path_grad_diff"] <= 1e-4
 
 
 def test_gradients_reach_every_trainable_param(tp2):

@@ -153,6 +153,26 @@ def _backward(chunks, batch) -> None:
     (loss * batch["attention_mask"]).sum().backward()
 
 
+def _hidden_path_grad_diff(chunks, batch) -> float:
+    """return_hidden + output_layer_weight through mmr1_kernels.fused_logprobs (the fused-loss consumer,
+    which all-reduces d hidden over TP) gives the gradients of the logits/labels path; max rel diff."""
+    from megatron.core import parallel_state as mpu
+
+    from mmr1_kernels.fused_logprobs import fused_logprobs
+
+    model = chunks[0]
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    labels = torch.roll(batch["input_ids"], -1, dims=1)
+    hidden = model(batch["input_ids"], None, batch["attention_mask"], pixel_values=batch["pixel_values"],
+                   image_grid_thw=batch["image_grid_thw"], return_hidden=True)  # (b, s, h)
+    logp = fused_logprobs(hidden, model.output_layer_weight(), labels, backend="torch",
+                          tp_group=mpu.get_tensor_model_parallel_group())
+    (-logp * batch["attention_mask"]).sum().backward()
+    return max(float((p.grad - ref[n]).abs().max() / (ref[n].abs().max() + 1e-12))
+               for n, p in model.named_parameters())
+
+
 def tp2_worker(hf_dir: str, mcore_dir: str) -> dict:
     """TP=2: HF weights loaded straight into the shards -> logits (both cases), hidden-state path,
     gradients (vision trained / frozen), hf-to-mcore's rank function, iter_hf_state round trip."""
@@ -182,6 +202,7 @@ def tp2_worker(hf_dir: str, mcore_dir: str) -> dict:
     out["missing_grads"], _ = _grad_report(chunks)
     # Replicated vision params must get the same gradient on every TP rank (no extra all-reduce needed).
     out["vision_grads"] = {n: p.grad.clone() for n, p in chunks[0].named_parameters() if n.startswith("vision_model.")}
+    out["hidden_path_grad_diff"] = _hidden_path_grad_diff(chunks, batch)
     frozen = build_model((ModelConfig(preset="tiny", hf_path=hf_dir, params_dtype="fp32", freeze_vision=True),
                           ParallelConfig(tp=2, sequence_parallel=False)))
     _backward(frozen, batch)
