@@ -18,7 +18,7 @@ from torch import Tensor
 from megatron_mmr1.config import ConfigError, ModelConfig, ParallelConfig, RunConfig
 from megatron_mmr1.models.language import build_language_model, build_transformer_config, resolve_dtype
 from megatron_mmr1.models.presets import resolve_model_dims
-from megatron_mmr1.models.rope_index import get_rope_index
+from megatron_mmr1.models.rope_index import get_rope_index, get_rope_index_packed
 from megatron_mmr1.models.vision import build_vision_model, image_embeddings
 
 
@@ -99,11 +99,14 @@ class Qwen25VLModel(torch.nn.Module):
 
     # ---- forward ------------------------------------------------------------------------------------
     def position_ids(self, input_ids: Tensor, image_grid_thw: Optional[Tensor],
-                     attention_mask: Optional[Tensor]) -> Tensor:
-        """(3, b, s) M-RoPE positions, HF's rule (see rope_index.py)."""
+                     attention_mask: Optional[Tensor], packed_seq_params: Any = None) -> Tensor:
+        """(3, b, s) M-RoPE positions, HF's rule (see rope_index.py); per sequence when packed."""
+        args = (self.dims["vision"]["spatial_merge_size"], self.dims["image_token_id"],
+                self.dims["vision_start_token_id"])
+        if packed_seq_params is not None:
+            return get_rope_index_packed(input_ids, image_grid_thw, packed_seq_params.cu_seqlens_q, *args)
         mask2d = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
-        pos, _ = get_rope_index(input_ids, image_grid_thw, mask2d, self.dims["vision"]["spatial_merge_size"],
-                                self.dims["image_token_id"], self.dims["vision_start_token_id"])
+        pos, _ = get_rope_index(input_ids, image_grid_thw, mask2d, *args)
         return pos
 
     def embed(self, input_ids: Tensor, pixel_values: Optional[Tensor], image_grid_thw: Optional[Tensor]) -> Tensor:
@@ -150,6 +153,7 @@ class Qwen25VLModel(torch.nn.Module):
         labels: Optional[Tensor] = None,
         return_hidden: bool = False,
         runtime_gather_output: Optional[bool] = None,
+        packed_seq_params: Any = None,
     ) -> Tensor:
         """Last stage: vocab-parallel logits (b, s, V/tp) (full V with runtime_gather_output=True), per-token
         loss (b, s) when ``labels`` are given, or final-norm hidden states (b, s, h) with
@@ -161,20 +165,23 @@ class Qwen25VLModel(torch.nn.Module):
 
         ``attention_mask``: None (causal), a (b, s) 1/0 padding mask, or megatron's (b, 1, s, s) bool mask.
         ``position_ids``: (3, b, s); None computes them from ``input_ids`` and ``image_grid_thw``.
+        ``packed_seq_params``: megatron ``PackedSeqParams`` (qkv_format "thd", b = 1) for packed rows;
+        positions restart per sequence. Needs an attention backend with varlen support (TE on GPU).
         """
         if position_ids is None:
-            position_ids = self.position_ids(input_ids, image_grid_thw, attention_mask)
+            position_ids = self.position_ids(input_ids, image_grid_thw, attention_mask, packed_seq_params)
         decoder_input = self.embed(input_ids, pixel_values, image_grid_thw) if self.pre_process else None
         mask = _padding_to_mask(attention_mask)
         lm = self.language_model
         if not (return_hidden and self.post_process):
             return lm(input_ids, position_ids, mask, decoder_input=decoder_input, labels=labels,
-                      runtime_gather_output=runtime_gather_output)
+                      runtime_gather_output=runtime_gather_output, packed_seq_params=packed_seq_params)
         # GPTModel returns the final-norm hidden states when post_process is off; the decoder keeps its
         # final layernorm (decoder.post_process), so flipping the flag for this call skips only the head.
         lm.post_process = False
         try:
-            hidden = lm(input_ids, position_ids, mask, decoder_input=decoder_input)  # (s[/tp], b, h)
+            hidden = lm(input_ids, position_ids, mask, decoder_input=decoder_input,
+                        packed_seq_params=packed_seq_params)  # (s[/tp], b, h)
         finally:
             lm.post_process = True
         if self.config.sequence_parallel:

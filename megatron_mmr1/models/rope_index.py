@@ -76,3 +76,30 @@ def get_rope_index(
     if image_index != len(grids):
         raise ValueError(f"image_grid_thw has {len(grids)} rows but input_ids hold {image_index} images")
     return position_ids, torch.tensor(deltas, device=device).unsqueeze(1)
+
+
+def get_rope_index_packed(
+    input_ids: torch.Tensor,
+    image_grid_thw: Optional[torch.Tensor],
+    cu_seqlens: torch.Tensor,
+    spatial_merge_size: int,
+    image_token_id: int,
+    vision_start_token_id: int,
+) -> torch.Tensor:
+    """(3, 1, T) positions of a packed row (1, T): each sequence [cu[i], cu[i+1]) restarts as if alone,
+    taking its images from ``image_grid_thw`` in order; tokens after cu[-1] (padding) get position 0."""
+    ids = input_ids.reshape(-1)
+    out = torch.zeros(3, 1, ids.shape[0], dtype=torch.long, device=ids.device)
+    cu = [int(c) for c in cu_seqlens.tolist()]
+    used = 0
+    for a, b in zip(cu[:-1], cu[1:]):
+        seg = ids[a:b]
+        n_images = int(((seg[:-1] == vision_start_token_id) & (seg[1:] == image_token_id)).sum())
+        grids = image_grid_thw[used:used + n_images] if n_images else None
+        used += n_images
+        pos, _ = get_rope_index(seg[None], grids, None, spatial_merge_size, image_token_id, vision_start_token_id)
+        out[:, :, a:b] = pos
+    n_grids = 0 if image_grid_thw is None else len(image_grid_thw)
+    if used != n_grids:
+        raise ValueError(f"packed row holds {used} images but image_grid_thw has {n_grids} rows")
+    return out

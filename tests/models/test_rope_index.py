@@ -50,3 +50,23 @@ def test_grid_mismatch_is_an_error():
     with pytest.raises(ValueError, match="image_grid_thw"):
         get_rope_index(batch["input_ids"], batch["image_grid_thw"][:2], batch["attention_mask"], 2,
                        tiny_dims()["image_token_id"], tiny_dims()["vision_start_token_id"])
+
+
+def test_packed_row_restarts_per_sequence():
+    """A packed row's positions are each sequence's own positions (images taken in order)."""
+    from megatron_mmr1.models.rope_index import get_rope_index_packed
+
+    d = tiny_dims()
+    args = (d["vision"]["spatial_merge_size"], d["image_token_id"], d["vision_start_token_id"])
+    batch = make_batch("images")
+    a = batch["input_ids"][0]
+    b = batch["input_ids"][1][: int(batch["attention_mask"][1].sum())]
+    text = make_batch("text")["input_ids"][0][:10]
+    row = torch.cat([a, text, b, torch.zeros(4, dtype=torch.long)])[None]  # (1, T) with tail padding
+    cu = torch.tensor([0, len(a), len(a) + 10, len(a) + 10 + len(b)])
+    pos = get_rope_index_packed(row, batch["image_grid_thw"], cu, *args)
+    pa, _ = get_rope_index(a[None], batch["image_grid_thw"][:2], None, *args)
+    pb, _ = get_rope_index(b[None], batch["image_grid_thw"][2:], None, *args)
+    assert torch.equal(pos[:, :, : len(a)], pa)
+    assert torch.equal(pos[:, 0, len(a): len(a) + 10], torch.arange(10).expand(3, -1))
+    assert torch.equal(pos[:, :, len(a) + 10: cu[-1]], pb)
