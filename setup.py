@@ -27,7 +27,7 @@ EXTRAS = {
         "transformer-engine[pytorch]",
         "sglang[all]",
         "sglang-router",
-        "nvidia-dali-cuda120",
+        "nvidia-dali-cuda120==2.4.0",
         "flash-attn",
     ],
     "dev": [
@@ -36,6 +36,7 @@ EXTRAS = {
         "Levenshtein",  # reference edit distance in benchmarks
         "matplotlib",  # VAS simulation figures
         "sglang-router",  # real router in front of CPU stand-in servers in tests
+        "nvidia-dali-cuda120==2.4.0",  # DALI image pipeline: its CPU-only pipelines are tested without a GPU
     ],
 }
 

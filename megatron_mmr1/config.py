@@ -113,6 +113,12 @@ class DataConfig:
     """Batches prefetched per worker."""
     on_bad_record: Literal["error", "skip"] = "error"
     """Raise on a malformed record/image, or skip it (counted and logged)."""
+    max_decode_pixels: int = 89478485
+    """Reject images whose source has more pixels (decompression-bomb guard, checked from the header)."""
+    system_prompt_mode: Literal["user_prefix", "system"] = "user_prefix"
+    """user_prefix: MMR1's released code joins system prompt + ' ' + problem in the user turn; system: a system turn."""
+    dali_resize: Literal["exact", "dali"] = "exact"
+    """DALI path: Pillow-exact bicubic on the GPU (identical output) or DALI's own resize (faster, edges differ)."""
     seed: int = 1234
     """Shuffling seed."""
 

@@ -131,8 +131,7 @@ class ChatFormatter:
     @classmethod
     def from_config(cls, tokenizer: Any, cfg: Any, **kw) -> "ChatFormatter":
         prompt = MMR1_SYSTEM_PROMPT if cfg.system_prompt is None else cfg.system_prompt
-        mode = getattr(cfg, "system_prompt_mode", None) or "user_prefix"
-        return cls(tokenizer, prompt, mode, **kw)
+        return cls(tokenizer, prompt, cfg.system_prompt_mode, **kw)
 
     # ---------------------------------------------------------------------------------------------
     # RL prompts

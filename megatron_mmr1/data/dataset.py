@@ -98,7 +98,7 @@ class _RecordDataset(torch.utils.data.Dataset):
         self._lengths: list[int] = []
         self._image_tokens: list[list[int]] = []
         self._prompts: list[str] = []
-        workers = getattr(cfg, "num_workers", 0) if scan_workers is None else scan_workers
+        workers = cfg.num_workers if scan_workers is None else scan_workers
         for rec, res in zip(records, _scan(self, records, workers)):
             if isinstance(res, BadRecordError):
                 self.bad.handle(res)

@@ -54,10 +54,7 @@ class VisionSpec:
 
     @classmethod
     def from_config(cls, cfg: Any) -> "VisionSpec":
-        kw = dict(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
-        if getattr(cfg, "max_decode_pixels", None):
-            kw["max_decode_pixels"] = cfg.max_decode_pixels
-        return cls(**kw)
+        return cls(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, max_decode_pixels=cfg.max_decode_pixels)
 
     def target_size(self, height: int, width: int) -> tuple[int, int]:
         return smart_resize(height, width, self.factor, self.min_pixels, self.max_pixels)
@@ -299,12 +296,12 @@ class PillowImageProcessor:
 def build_image_processor(cfg: Any = None, decoder: Optional[str] = None, **kwargs) -> ImageProcessor:
     """``data.image_decoder``: auto = DALI when it imports and CUDA is up, Pillow otherwise."""
     spec = VisionSpec.from_config(cfg) if cfg is not None else VisionSpec()
-    decoder = decoder or (getattr(cfg, "image_decoder", None) or "auto")
+    decoder = decoder or (cfg.image_decoder if cfg is not None else "auto")
     if decoder == "pillow":
         return PillowImageProcessor(spec)
     from megatron_mmr1.data import dali
 
-    kwargs.setdefault("resize", getattr(cfg, "dali_resize", None) or "exact")
+    kwargs.setdefault("resize", cfg.dali_resize if cfg is not None else "exact")
     if decoder == "dali":
         return dali.DaliImageProcessor(spec, **kwargs)
     if decoder == "auto":
