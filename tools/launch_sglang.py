@@ -152,7 +152,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     procs: list[tuple[Launch, subprocess.Popen, Path]] = []
 
+    def on_term(*_: object) -> None:
+        raise SystemExit(143)  # unwinds through the cleanup below, wherever SIGTERM lands
+
+    signal.signal(signal.SIGTERM, on_term)
+
     def stop(*_: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
         for _, p, _ in reversed(procs):
             if p.poll() is None:
                 p.terminate()
@@ -175,22 +181,25 @@ def main(argv: Optional[list[str]] = None) -> int:
             wait_healthy(l.url, p, args.timeout_s, log)
     except BaseException as e:
         stop()
-        if isinstance(e, KeyboardInterrupt):
-            return 130
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            return 130 if isinstance(e, KeyboardInterrupt) else 143
         print(f"launch_sglang: {e}", file=sys.stderr)
         return 1
-    servers = [l.url for l in launches if l.name != "router"]
-    router = next((l.url for l in launches if l.name == "router"), None)
-    for u in servers:
-        print(f"server {u}", flush=True)
-    if router:
-        print(f"router {router}", flush=True)
-    if args.url_file:
-        Path(args.url_file).write_text(json.dumps({"servers": servers, "router": router}) + "\n")
-    if args.detach:
-        return 0
-    signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
     try:
+        servers = [l.url for l in launches if l.name != "router"]
+        router = next((l.url for l in launches if l.name == "router"), None)
+        if args.url_file:  # written (atomically) before the URLs are printed: readers may act on the print
+            tmp = Path(args.url_file + ".tmp")
+            tmp.write_text(json.dumps({"servers": servers, "router": router}) + "\n")
+            tmp.replace(args.url_file)
+        for u in servers:
+            print(f"server {u}", flush=True)
+        if router:
+            print(f"router {router}", flush=True)
+        if args.detach:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            procs.clear()  # detached: leave them running
+            return 0
         while all(p.poll() is None for _, p, _ in procs):
             time.sleep(1)
         dead = [l.name for l, p, _ in procs if p.poll() is not None]
@@ -198,6 +207,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except SystemExit:
+        return 0  # SIGTERM: a normal stop
     finally:
         stop()
 
