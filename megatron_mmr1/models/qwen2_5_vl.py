@@ -126,13 +126,13 @@ class Qwen25VLModel(torch.nn.Module):
             if image_grid_thw is None:
                 raise ValueError("pixel_values given without image_grid_thw")
             feats = image_embeddings(self.vision_model, pixel_values, image_grid_thw).to(emb.dtype)  # (n, h)
-            mask = (input_ids == self.dims["image_token_id"]).transpose(0, 1)  # (s, b)
+            mask = input_ids == self.dims["image_token_id"]  # (b, s)
             n_tokens = int(mask.sum())
             if n_tokens != feats.shape[0]:
                 raise ValueError(f"{n_tokens} <|image_pad|> tokens (id {self.dims['image_token_id']}) in input_ids but "
                                  f"the vision tower produced {feats.shape[0]} image features from image_grid_thw")
             # HF fills image tokens in (b, s) order; emb is (s, b, h): go through (b, s) to keep that order.
-            emb = emb.transpose(0, 1).masked_scatter(mask.transpose(0, 1)[..., None], feats).transpose(0, 1)
+            emb = emb.transpose(0, 1).masked_scatter(mask[..., None], feats).transpose(0, 1)
         elif self.vision_model is not None and self.training and not self.freeze_vision:
             # Text-only micro-batch: touch the vision tower so DDP sees a gradient (zeros) for each param.
             emb = emb + 0.0 * sum(p.sum() for p in self.vision_model.parameters() if p.requires_grad)
