@@ -97,3 +97,11 @@ def test_cli_unknown_key_in_yaml(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "megatron_mmr1.train", "--config", str(cfg)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "unknown config key 'parallel.tensor_parallel'" in proc.stderr
+
+
+@pytest.mark.parametrize("size,world_size", [("3b", 8), ("7b", 8), ("32b", 16), ("72b", 32)])
+def test_full_size_configs_fit_their_clusters(size, world_size):
+    cfg = load_config(REPO / "examples" / "configs" / f"mmr1_grpo_{size}.yaml", world_size=world_size)
+    assert cfg.model.preset == f"qwen2.5-vl-{size}"
+    with pytest.raises(ConfigError, match="world size"):
+        load_config(REPO / "examples" / "configs" / f"mmr1_grpo_{size}.yaml", world_size=world_size + 1)
