@@ -44,8 +44,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         _LM_BASE,
         num_layers=4, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
         vocab_size=2048, tie_word_embeddings=False, mrope_section=[2, 3, 3], max_position_embeddings=4096,
-        # Ids of megatron_mmr1.data.tokenizer at vocab 2048 (its 22 added tokens fill ids 2026..2047);
-        # model.tokenizer_path / hf_path override them.
+        # Placeholders (the last 22 ids of the vocab). The tiny tokenizer's ids depend on its training
+        # corpus, so a run must set model.tokenizer_path (or hf_path): its ids override these.
         image_token_id=2038, video_token_id=2039, vision_start_token_id=2035, vision_end_token_id=2036,
         bos_token_id=2026, eos_token_id=2028,
         vision=dict(_VISION_BASE, vision_depth=2, vision_hidden_size=32, vision_num_heads=2,
