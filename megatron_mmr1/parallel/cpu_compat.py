@@ -95,6 +95,7 @@ def enable() -> None:
     global _mode
     if _mode is not None:
         return
+    from megatron.core.fusions import fused_softmax
     from megatron.core.tensor_parallel import random as mcore_random
 
     cuda = torch.cuda
@@ -114,6 +115,9 @@ def enable() -> None:
     _patch(cuda, "stream", lambda *a, **k: contextlib.nullcontext())
     _patch(cuda, "memory_allocated", lambda *a, **k: 0)
     _patch(cuda, "max_memory_allocated", lambda *a, **k: 0)
+    # Activation recompute re-runs forward inside autograd, outside the mode: build this mask on CPU.
+    _patch(fused_softmax, "get_default_causal_mask",
+           lambda sq: torch.triu(torch.ones(sq, sq, dtype=torch.bool), diagonal=1))
     _patch(mcore_random, "_get_cuda_rng_state", _cpu_rng_get)
     _patch(mcore_random, "_set_cuda_rng_state", _cpu_rng_set)
     _mode = _CudaToCpuMode()

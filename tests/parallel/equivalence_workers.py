@@ -76,3 +76,24 @@ def load_full(ckpt_dirs: list[str]) -> list[dict[str, torch.Tensor]]:
         model.load_state_dict(state)
         out.append({k: v.detach().clone() for k, v in model.state_dict().items() if v is not None and torch.is_tensor(v)})
     return out
+
+
+def recompute_losses() -> tuple[float, float, float]:
+    """Loss and grad norm of one global batch without and with full activation recompute (same weights)."""
+    from megatron_mmr1 import parallel
+    from megatron_mmr1.models.presets import resolve_model_dims
+    from megatron_mmr1.training import lm_smoke
+
+    out = []
+    for recompute in (None, "full", "selective"):
+        cfg = _cfg(1, 1, 1)
+        cfg.model.recompute = recompute
+        info = parallel.initialize(cfg.parallel)
+        model = lm_smoke.build_model(cfg)  # same seed -> same weights
+        batches = lm_smoke.synthetic_batches(7, NUM_MICRO, MICRO_BATCH, SEQ, resolve_model_dims(cfg.model)["vocab_size"], info.device)
+        model.zero_grad_buffer()
+        loss = lm_smoke.forward_backward(model, batches, SEQ, MICRO_BATCH)
+        grad = torch.cat([p.main_grad.flatten() for p in model.module.parameters()])
+        out.append((loss, grad))
+        parallel.destroy()
+    return [(l, float((g - out[0][1]).abs().max())) for l, g in out]

@@ -62,3 +62,15 @@ def test_disable_restores_torch():
         torch.empty(1, device="cuda")
     if was:
         cpu_compat.enable()
+
+
+def test_activation_recompute_runs_on_cpu_and_changes_nothing():
+    """Recompute re-runs forward inside autograd (outside the torch-function mode): still CPU, same numbers."""
+    from tests.dist_utils import spawn
+    from tests.parallel.equivalence_workers import recompute_losses
+
+    (results,) = spawn(recompute_losses, 1)
+    (loss_ref, _), *others = results
+    for loss, grad_diff in others:
+        assert loss == pytest.approx(loss_ref, rel=1e-6)
+        assert grad_diff <= 1e-6
