@@ -46,6 +46,10 @@ NamedTensors = Iterable[tuple[str, torch.Tensor]]
 class WeightSyncError(RuntimeError):
     """A server refused or failed a weight-sync call; the message names server and endpoint."""
 
+    def __init__(self, message: str, status: Optional[int] = None):
+        super().__init__(message)
+        self.status = status
+
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")  # "bfloat16": what SGLang's getattr(torch, ...) reads
@@ -111,7 +115,7 @@ class _ServerCalls:
                 except ValueError:
                     data = r.text
             if r.status_code != 200 or (isinstance(data, dict) and data.get("success") is False):
-                raise WeightSyncError(f"{url}{path} answered {r.status_code}: {str(data)[:500]}")
+                raise WeightSyncError(f"{url}{path} answered {r.status_code}: {str(data)[:500]}", r.status_code)
             return data
 
     def submit_all(self, path: str, body: Optional[dict] = None, **kw) -> list[concurrent.futures.Future]:
@@ -132,16 +136,30 @@ class _PausedGeneration:
 
     def __enter__(self):
         self.calls.all("/pause_generation", P.to_json(P.PauseGenerationReqInput(mode=self.pause_mode)))
-        self.calls.all("/flush_cache", retry_400_s=self.flush_wait_s)  # slime retries 60 x 1 s
-        if self.session:
-            self.calls.all("/begin_weight_update", P.to_json(P.BeginWeightUpdateReqInput()))
+        self.opened: list[str] = []
+        try:
+            self.calls.all("/flush_cache", retry_400_s=self.flush_wait_s)  # slime retries 60 x 1 s
+            if self.session:
+                for url in self.calls.urls:
+                    try:
+                        self.calls.call(url, "/begin_weight_update", P.to_json(P.BeginWeightUpdateReqInput()))
+                        self.opened.append(url)
+                    except WeightSyncError as e:
+                        if e.status != 404:
+                            raise
+                        # SGLang before the 0.5.2x sessions: updates run without one.
+                        logger.info("%s has no /begin_weight_update; updating without a session", url)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc):
         try:
-            if self.session:
-                self.calls.all("/end_weight_update", {})
+            for url in self.opened:
+                self.calls.call(url, "/end_weight_update", {})
         finally:
+            self.opened = []
             self.calls.all("/continue_generation", P.to_json(P.ContinueGenerationReqInput()))
 
 

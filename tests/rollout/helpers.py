@@ -114,3 +114,42 @@ class RouterProcess:
 
     wait_healthy = ServerProcess.wait_healthy
     kill = ServerProcess.kill
+
+
+class FakeSGLang:
+    """In-process HTTP server that records the endpoints called; ``status[path]`` overrides 200."""
+
+    def __init__(self, status=None):
+        import asyncio
+        import threading
+
+        from aiohttp import web
+
+        self.calls: list[str] = []
+        self.status = dict(status or {})
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.loop = asyncio.new_event_loop()
+
+        async def handle(request):
+            self.calls.append(request.path)
+            code = self.status.get(request.path, 200)
+            if request.path == "/get_server_info":
+                return web.json_response({"tp_size": 1})
+            return web.json_response({"success": code == 200, "message": "fake"}, status=code)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        self.runner = web.AppRunner(app, shutdown_timeout=0.5)
+        self.loop.run_until_complete(self.runner.setup())
+        self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.port).start())
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()

@@ -200,3 +200,36 @@ def test_two_pipeline_stage_senders_share_one_session(servers, tiny_ckpt):
     finally:
         stage0.close()
         stage1.close()
+
+
+def test_colocated_call_order_and_servers_without_sessions():
+    """slime's colocated order; an SGLang without /begin_weight_update (404) updates without a session."""
+    from tests.rollout.helpers import FakeSGLang
+
+    fake = FakeSGLang(status={"/begin_weight_update": 404})
+    try:
+        sender = TensorWeightSender([fake.url])
+        sender.release()
+        sender.update([("lm_head.weight", torch.zeros(2, 2))])
+        sender.close()
+        assert fake.calls == [
+            "/release_memory_occupation", "/resume_memory_occupation", "/pause_generation", "/flush_cache",
+            "/begin_weight_update", "/update_weights_from_tensor", "/continue_generation",
+            "/resume_memory_occupation",
+        ]
+    finally:
+        fake.stop()
+
+
+def test_failed_flush_still_continues_generation():
+    from megatron_mmr1.rollout.weight_sync import WeightSyncError
+    from tests.rollout.helpers import FakeSGLang
+
+    fake = FakeSGLang(status={"/flush_cache": 500})
+    try:
+        sender = DiskWeightSender([fake.url], "/nonexistent-unused")
+        with pytest.raises(WeightSyncError, match="flush_cache answered 500"):
+            sender.update(model_path="/ckpt")
+        assert fake.calls == ["/pause_generation", "/flush_cache", "/continue_generation"]
+    finally:
+        fake.stop()
