@@ -162,15 +162,19 @@ def _sorted_valid(keys: torch.Tensor, bound: int) -> torch.Tensor:
     return keys[:cut]
 
 
+def _seq_bits(p: PackedGroups) -> int:
+    return max(int(p.seq_lens.numel()) - 1, 1).bit_length()
+
+
 def _runs(p: PackedGroups, ids: torch.Tensor, K: int, tok_seq: torch.Tensor):
-    """Count each n-gram per sequence with one sort of key = id * S + seq.
-    Returns per run (n-gram u, sequence s): s [R], group g [R], count [R], and seg [R]: index of the
-    (u, group) segment of the run (runs of one n-gram within one group are contiguous)."""
-    S = int(p.seq_lens.numel())
-    keys = _sorted_valid(ids * S + tok_seq[: ids.numel()], K * S)  # sorted by (u, s); groups own contiguous s
+    """Count each n-gram per sequence with one sort of key = id * 2^b + seq (2^b >= S: shifts, not
+    divisions). Returns per run (n-gram u, sequence s): s [R], group g [R], count [R], and seg [R]: index
+    of the (u, group) segment of the run (runs of one n-gram within one group are contiguous)."""
+    b = _seq_bits(p)
+    keys = _sorted_valid((ids << b) | tok_seq[: ids.numel()], K << b)  # sorted by (u, s); groups own contiguous s
     run_key, cnt = torch.unique_consecutive(keys, return_counts=True)  # [R]
-    u = run_key // S
-    s = run_key - u * S
+    u = run_key >> b
+    s = run_key & ((1 << b) - 1)
     g = p.seq_group[s]
     new = torch.ones_like(u, dtype=torch.bool)
     new[1:] = (u[1:] != u[:-1]) | (g[1:] != g[:-1])
@@ -219,7 +223,7 @@ def self_bleu(groups: GroupsLike, max_n: int = 3) -> torch.Tensor:
     lens = p.seq_lens
     num = torch.zeros(max_n, S, dtype=torch.float64, device=dev)  # clipped matches per order
     tok_seq = torch.repeat_interleave(torch.arange(S, device=dev), lens)  # [M]
-    for k1, ids, K in _ngram_ids(p, max_n, S):
+    for k1, ids, K in _ngram_ids(p, max_n, 1 << _seq_bits(p)):
         k = k1 - 1
         s, g, c, seg = _runs(p, ids, K, tok_seq)  # c = count of n-gram u in sequence s
         nseg = int(seg[-1]) + 1 if seg.numel() else 0
@@ -231,7 +235,8 @@ def self_bleu(groups: GroupsLike, max_n: int = 3) -> torch.Tensor:
         max2 = torch.zeros(nseg, dtype=c.dtype, device=dev).scatter_reduce_(0, seg, below, "amax")
         # clipped count min(c, max over the *other* sequences) (NLTK max_counts over references): c itself,
         # except for the single sequence holding the strict maximum, which is clipped to the runner-up
-        clipped = torch.where(at_max & (n_at_max[seg] == 1), max2[seg], c)
+        cut = torch.where(n_at_max == 1, max1 - max2, torch.zeros_like(max1))  # [nseg]
+        clipped = c - at_max * cut[seg]
         num[k].index_add_(0, s, clipped.to(torch.float64))
     orders = torch.arange(1, max_n + 1, device=dev, dtype=torch.int64)[:, None]  # [max_n, 1]
     den = (lens[None, :] - orders + 1).clamp(min=1).to(torch.float64)  # [max_n, S]
