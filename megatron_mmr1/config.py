@@ -151,6 +151,14 @@ class RolloutConfig:
     """Bucket size for broadcast weight updates."""
     colocate: bool = False
     """Servers share GPUs with the trainer (release/resume memory around training)."""
+    weight_sync_flattened: bool = False
+    """Send each bucket as one flattened tensor (SGLang flattened_bucket) instead of tensor by tensor."""
+    weight_sync_master_address: Optional[str] = None
+    """Trainer address as the servers reach it (multi-node); None = 127.0.0.1."""
+    pause_mode: Literal["abort", "retract", "in_place"] = "abort"
+    """SGLang /pause_generation mode around weight updates (aborted requests are resubmitted)."""
+    health_interval_s: float = 2.0
+    """Seconds between /health probes of a server marked down."""
 
 
 @dataclass
@@ -163,6 +171,8 @@ class RewardConfig:
     """Per-item verification timeout; a hang scores 0 and is counted."""
     num_workers: int = 2
     """Reward worker processes."""
+    grace_s: float = 2.0
+    """Extra seconds before a worker that ignores its timer is killed and replaced."""
 
 
 @dataclass

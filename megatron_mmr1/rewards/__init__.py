@@ -36,11 +36,12 @@ WARMUP = ("<think>x</think><answer>\\boxed{\\frac{1}{2}}</answer>", "0.5")
 
 def get_reward_pool(cfg: RewardConfig) -> RewardPool:
     """One long-lived pool per (num_workers, timeout_s): workers take ~1 s to import sympy."""
-    key = (cfg.num_workers, cfg.timeout_s)
+    key = (cfg.num_workers, cfg.timeout_s, cfg.grace_s)
     pool = _POOLS.get(key)
     if pool is None:
         pool = RewardPool(
-            score_response, num_workers=cfg.num_workers, timeout_s=cfg.timeout_s, warmup_args=WARMUP
+            score_response, num_workers=cfg.num_workers, timeout_s=cfg.timeout_s, grace_s=cfg.grace_s,
+            warmup_args=WARMUP
         )
         _POOLS[key] = pool
     return pool

@@ -122,7 +122,7 @@ class RolloutClient:
         cfg: RolloutConfig,
         urls: Optional[Sequence[str]] = None,
         max_new_tokens: int = 4096,
-        health_interval_s: float = 2.0,
+        health_interval_s: Optional[float] = None,
         backoff_s: float = 0.5,
         max_abort_resubmits: int = 100,
     ):
@@ -132,7 +132,7 @@ class RolloutClient:
         self.cfg = cfg
         self.max_new_tokens = max_new_tokens
         self.servers = [ServerState(u.rstrip("/")) for u in urls]
-        self.health_interval_s = health_interval_s
+        self.health_interval_s = cfg.health_interval_s if health_interval_s is None else health_interval_s
         self.backoff_s = backoff_s
         self.max_abort_resubmits = max_abort_resubmits
         self.stats = RolloutStats()

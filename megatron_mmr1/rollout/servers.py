@@ -106,7 +106,7 @@ def rollout_servers(cfg: RolloutConfig, model_dir: Optional[str] = None,
 
 
 def make_weight_sender(cfg: RolloutConfig, urls: Sequence[str], work_dir: str = "outputs",
-                       master_address: str = "127.0.0.1") -> WeightSender:
+                       master_address: Optional[str] = None) -> WeightSender:
     """The sender for ``rollout.weight_sync`` (distributed / tensor / disk), bucketed by ``weight_sync_bucket_mb``.
 
     ``master_address`` must be reachable from the servers (the trainer node's address in multi-node runs).
@@ -116,5 +116,7 @@ def make_weight_sender(cfg: RolloutConfig, urls: Sequence[str], work_dir: str = 
         return TensorWeightSender(urls, bucket_mb=cfg.weight_sync_bucket_mb, timeout_s=cfg.request_timeout_s)
     if cfg.weight_sync == "disk":
         return DiskWeightSender(urls, os.path.join(work_dir, "weight_sync"), timeout_s=cfg.request_timeout_s)
+    master_address = master_address or cfg.weight_sync_master_address or "127.0.0.1"
     return DistributedWeightSender(urls, master_address=master_address, bucket_mb=cfg.weight_sync_bucket_mb,
-                                   timeout_s=cfg.request_timeout_s)
+                                   flattened=cfg.weight_sync_flattened, timeout_s=cfg.request_timeout_s,
+                                   pause_mode=cfg.pause_mode)
