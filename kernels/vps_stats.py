@@ -162,24 +162,27 @@ def _sorted_valid(keys: torch.Tensor, bound: int) -> torch.Tensor:
     return keys[:cut]
 
 
-def _seq_bits(p: PackedGroups) -> int:
-    return max(int(p.seq_lens.numel()) - 1, 1).bit_length()
+def _slot_bits(p: PackedGroups) -> tuple[int, int]:
+    """Bits of a sequence's slot (group << bn | index in group): (bits of the group, bits of the index)."""
+    bg = max(p.num_groups - 1, 1).bit_length()
+    bn = max(int(p.group_sizes.max()) - 1 if p.num_groups else 1, 1).bit_length()
+    return bg, bn
 
 
-def _runs(p: PackedGroups, ids: torch.Tensor, K: int, tok_seq: torch.Tensor):
-    """Count each n-gram per sequence with one sort of key = id * 2^b + seq (2^b >= S: shifts, not
-    divisions). Returns per run (n-gram u, sequence s): s [R], group g [R], count [R], and seg [R]: index
-    of the (u, group) segment of the run (runs of one n-gram within one group are contiguous)."""
-    b = _seq_bits(p)
-    keys = _sorted_valid((ids << b) | tok_seq[: ids.numel()], K << b)  # sorted by (u, s); groups own contiguous s
-    run_key, cnt = torch.unique_consecutive(keys, return_counts=True)  # [R]
-    u = run_key >> b
-    s = run_key & ((1 << b) - 1)
-    g = p.seq_group[s]
-    new = torch.ones_like(u, dtype=torch.bool)
-    new[1:] = (u[1:] != u[:-1]) | (g[1:] != g[:-1])
+def _runs(ids: torch.Tensor, K: int, tok_slot: torch.Tensor, bg: int, bn: int):
+    """Count each n-gram per sequence with one sort of key = id << slot_bits | slot, where a sequence's
+    slot is group << bn | index in group (shifts, not divisions; groups own contiguous slots).
+    Returns per run (n-gram u, sequence): slot [R], count [R], and seg [R]: index of the (u, group)
+    segment of the run (runs of one n-gram within one group are contiguous)."""
+    b = bg + bn
+    keys = _sorted_valid((ids << b) | tok_slot[: ids.numel()], K << b)
+    run_key, cnt = torch.unique_consecutive(keys, return_counts=True)  # [R] sorted by (u, group, index)
+    seg_key = run_key >> bn  # (u, group)
+    new = torch.ones_like(seg_key, dtype=torch.bool)
+    new[1:] = seg_key[1:] != seg_key[:-1]
     seg = torch.cumsum(new, 0) - 1  # [R]
-    return s, g, cnt, seg
+    slot = run_key & ((1 << b) - 1)
+    return slot, cnt, seg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,11 +224,14 @@ def self_bleu(groups: GroupsLike, max_n: int = 3) -> torch.Tensor:
     p = pack_groups(groups)
     dev, G, S = p.device, p.num_groups, int(p.seq_lens.numel())
     lens = p.seq_lens
-    num = torch.zeros(max_n, S, dtype=torch.float64, device=dev)  # clipped matches per order
-    tok_seq = torch.repeat_interleave(torch.arange(S, device=dev), lens)  # [M]
-    for k1, ids, K in _ngram_ids(p, max_n, 1 << _seq_bits(p)):
-        k = k1 - 1
-        s, g, c, seg = _runs(p, ids, K, tok_seq)  # c = count of n-gram u in sequence s
+    starts = torch.cumsum(p.group_sizes, 0) - p.group_sizes  # [G]
+    idx_in_group = torch.arange(S, device=dev) - starts[p.seq_group]  # [S]
+    bg, bn = _slot_bits(p)
+    slot_of_seq = (p.seq_group << bn) | idx_in_group  # [S]
+    tok_slot = torch.repeat_interleave(slot_of_seq, lens)  # [M]
+    num = torch.zeros(max_n, max(G, 1) << bn, dtype=torch.float64, device=dev)  # clipped matches per order, slot
+    for k1, ids, K in _ngram_ids(p, max_n, 1 << (bg + bn)):
+        slot, c, seg = _runs(ids, K, tok_slot, bg, bn)  # c = count of n-gram u in the sequence at slot
         nseg = int(seg[-1]) + 1 if seg.numel() else 0
         # per (u, group): the largest count, how many sequences reach it, and the largest count below it
         max1 = torch.zeros(nseg, dtype=c.dtype, device=dev).scatter_reduce_(0, seg, c, "amax")
@@ -237,15 +243,14 @@ def self_bleu(groups: GroupsLike, max_n: int = 3) -> torch.Tensor:
         # except for the single sequence holding the strict maximum, which is clipped to the runner-up
         cut = torch.where(n_at_max == 1, max1 - max2, torch.zeros_like(max1))  # [nseg]
         clipped = c - at_max * cut[seg]
-        num[k].index_add_(0, s, clipped.to(torch.float64))
+        num[k1 - 1].index_add_(0, slot, clipped.to(torch.float64))
+    num = num[:, slot_of_seq]  # [max_n, S]
     orders = torch.arange(1, max_n + 1, device=dev, dtype=torch.int64)[:, None]  # [max_n, 1]
     den = (lens[None, :] - orders + 1).clamp(min=1).to(torch.float64)  # [max_n, S]
     prec = torch.where(num > 0, num / den, 0.1 / den)  # smoothing method1
     log_mean = torch.log(prec).sum(0) / max_n  # [S]
     # brevity penalty against the closest other length (ties -> the shorter reference)
     Nmax = int(p.group_sizes.max()) if G else 0
-    starts = torch.cumsum(p.group_sizes, 0) - p.group_sizes  # [G]
-    idx_in_group = torch.arange(S, device=dev) - starts[p.seq_group]  # [S]
     L = torch.full((G, max(Nmax, 1)), -1, dtype=torch.int64, device=dev)  # [G, Nmax], -1 = pad
     L[p.seq_group, idx_in_group] = lens
     Lo = L[p.seq_group]  # [S, Nmax] lengths of the group's sequences
