@@ -1,0 +1,58 @@
+"""A random Qwen2.5-VL checkpoint of the ``tiny`` preset, in Hugging Face format.
+
+No model hub here: the demo and the tests make their policy locally, with the tiny tokenizer's special
+token ids, so that the same loading code (converter, stand-in rollout server, trainer) that takes a real
+Qwen2.5-VL directory takes this one.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Optional
+
+import torch
+
+from megatron_mmr1.models.presets import hf_config_dict, resolve_model_dims
+
+
+def make_tiny_hf_checkpoint(
+    out_dir: str | Path, tokenizer_dir: str | Path, seed: int = 0, logit_scale: float = 1.0, **dims_override: Any
+) -> Path:
+    """Save ``Qwen2_5_VLForConditionalGeneration`` (tiny preset dims, random weights) + the tokenizer.
+
+    ``logit_scale`` > 1 sharpens the output distribution, so greedy decoding depends visibly on the weights.
+    """
+    from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    model_cfg = SimpleNamespace(preset="tiny", tokenizer_path=str(tokenizer_dir), hf_path=None,
+                                **{k: None for k in ("num_layers", "hidden_size", "ffn_hidden_size",
+                                                     "num_attention_heads", "num_query_groups", "vocab_size")})
+    dims = resolve_model_dims(model_cfg)
+    dims.update(dims_override)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**hf_config_dict(dims))).eval()
+    if logit_scale != 1.0:
+        with torch.no_grad():
+            model.lm_head.weight.mul_(logit_scale)
+    out_dir = Path(out_dir)
+    model.save_pretrained(str(out_dir))
+    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(out_dir))
+    return out_dir
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Write a random tiny Qwen2.5-VL checkpoint (HF format).")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--tokenizer", required=True, help="tokenizer directory (HF format)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--logit-scale", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    out = make_tiny_hf_checkpoint(args.out, args.tokenizer, args.seed, args.logit_scale)
+    print(f"tiny Qwen2.5-VL checkpoint: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
