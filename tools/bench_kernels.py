@@ -349,7 +349,7 @@ def main(argv=None) -> list[dict]:
         if dev == "cuda":
             bench_loss([(4096, 3584, 152064), (16384, 3584, 152064)], torch.bfloat16, dev, 5, rows)
         elif args.quick:
-            bench_loss([(1024, 256, 8192), (2048, 256, 8192)], torch.float32, dev, 1, rows)
+            bench_loss([(1024, 256, 8192), (4096, 256, 8192)], torch.float32, dev, 1, rows)
         else:
             bench_loss([(2048, 512, 32768), (4096, 512, 65536)], torch.float32, dev, 2, rows)
     return rows
