@@ -199,8 +199,10 @@ class AlgorithmConfig:
     """How per-token losses are reduced."""
     dynamic_filtering: bool = False
     """DAPO-style: drop groups whose rewards all agree."""
-    use_fused_kernel: bool = True
-    """Fused Triton loss on CUDA; the torch reference otherwise."""
+    kernel_backend: Literal["auto", "triton", "torch", "reference"] = "auto"
+    """Fused loss/log-prob path: auto = Triton on CUDA, torch on CPU; reference = full logits (bisecting)."""
+    fused_chunk_size: Optional[int] = None
+    """Token rows per chunk of the fused kernels; None = largest power of two with a <= 512 MiB logits buffer."""
 
 
 @dataclass

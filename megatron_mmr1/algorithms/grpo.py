@@ -95,4 +95,6 @@ def fused_loss_kwargs(cfg: AlgorithmConfig) -> dict:
         kl_estimator=cfg.kl_estimator,
         entropy_coef=cfg.entropy_coef,
         loss_agg_mode=cfg.loss_agg_mode,
+        chunk_size=cfg.fused_chunk_size,
+        backend=cfg.kernel_backend,
     )

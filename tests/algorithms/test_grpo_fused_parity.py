@@ -40,8 +40,8 @@ def test_torch_and_fused_paths_agree(cfg):
     loss_t, _ = grpo_loss(logp, old_logp, ref_logp, adv, mask, cfg, entropy=entropy)
     (gh_t,) = torch.autograd.grad(loss_t, hidden)
 
-    out = fused.fused_grpo_loss(hidden, weight, targets, old_logp, ref_logp, adv, mask, backend="torch",
-                                **fused_loss_kwargs(cfg))
+    out = fused.fused_grpo_loss(hidden, weight, targets, old_logp, ref_logp, adv, mask,
+                                **{**fused_loss_kwargs(cfg), "backend": "torch"})
     (gh_f,) = torch.autograd.grad(out.loss, hidden)
     torch.testing.assert_close(out.loss.double(), loss_t, rtol=1e-5, atol=1e-6)  # fused computes in fp32
     torch.testing.assert_close(gh_f.double(), gh_t, rtol=1e-4, atol=1e-6)
