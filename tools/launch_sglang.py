@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import requests
+from megatron_mmr1.utils.net import wait_healthy
 
 
 @dataclass
@@ -91,22 +91,6 @@ def build_launches(args: argparse.Namespace, extra: list[str]) -> list[Launch]:
             cmd += ["--prometheus-port", str(prom)]
         launches.append(Launch("router", cmd, f"http://{url_host}:{rport}"))
     return launches
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float, log: Optional[Path] = None) -> None:
-    """Poll ``url/health`` until 200; a process that exits first is an error with its log tail."""
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            tail = log.read_text()[-3000:] if log and log.exists() else ""
-            raise RuntimeError(f"{url}: process exited with code {proc.returncode} before it was healthy\n{tail}")
-        try:
-            if requests.get(url + "/health", timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not healthy after {timeout_s:.0f}s" + (f" (log: {log})" if log else ""))
 
 
 def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, list[str]]:

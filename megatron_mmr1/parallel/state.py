@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Optional
@@ -19,6 +18,7 @@ import torch.distributed as dist
 
 from megatron_mmr1.config import ConfigError, ParallelConfig
 from megatron_mmr1.parallel import cpu_compat
+from megatron_mmr1.utils.net import free_port
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,6 @@ class DistInfo:
     @property
     def is_last_pp_stage(self) -> bool:
         return self.pp_rank == self.pp - 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def resolve_backend(cfg: ParallelConfig) -> str:

@@ -17,15 +17,14 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
-import requests
 
 from megatron_mmr1.config import RolloutConfig
 from megatron_mmr1.rollout.weight_sync import (
     DiskWeightSender,
     DistributedWeightSender,
     TensorWeightSender,
-    free_port,
 )
+from megatron_mmr1.utils.net import free_port, wait_healthy
 
 logger = logging.getLogger(__name__)
 
@@ -55,20 +54,12 @@ class LocalServerGroup:
                  "--port", str(port), *self.extra_args], stdout=log, stderr=subprocess.STDOUT, env=env))
             self.urls.append(f"http://127.0.0.1:{port}")
         end = time.monotonic() + timeout_s
-        for url, proc, log in zip(self.urls, self.procs, self._logs):
-            while True:
-                if proc.poll() is not None:
-                    self.stop()
-                    raise RuntimeError(f"stand-in server {url} exited with {proc.returncode}; see {log.name}")
-                try:
-                    if requests.get(url + "/health", timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > end:
-                    self.stop()
-                    raise TimeoutError(f"stand-in server {url} not healthy after {timeout_s:.0f}s; see {log.name}")
-                time.sleep(0.2)
+        try:
+            for url, proc, log in zip(self.urls, self.procs, self._logs):
+                wait_healthy(url, proc, max(end - time.monotonic(), 0.0), Path(log.name))
+        except (RuntimeError, TimeoutError):
+            self.stop()
+            raise
         logger.info("stand-in rollout servers: %s", ", ".join(self.urls))
         return self.urls
 

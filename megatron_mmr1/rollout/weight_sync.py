@@ -26,7 +26,6 @@ import contextlib
 import io
 import logging
 import os
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
@@ -37,6 +36,7 @@ import torch.distributed as dist
 
 from megatron_mmr1.rollout import protocol as P
 from megatron_mmr1.rollout.dist_group import destroy_custom_process_group, init_custom_process_group
+from megatron_mmr1.utils.net import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +72,6 @@ def bucket_named_tensors(named: NamedTensors, bucket_bytes: int) -> Iterator[lis
         size += nbytes
     if bucket:
         yield bucket
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 @dataclass

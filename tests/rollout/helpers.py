@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
-import requests
 import torch
 
+from megatron_mmr1.utils.net import free_port, wait_healthy
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_qwen25vl_config(tok, vocab_size: int = 512):
@@ -78,17 +71,8 @@ class ServerProcess:
         )
 
     def wait_healthy(self, timeout: float = 120.0) -> "ServerProcess":
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
-            try:
-                if requests.get(self.url + "/health", timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"server {self.url} not healthy after {timeout}s: {self.log_path.read_text()[-2000:]}")
+        wait_healthy(self.url, self.proc, timeout, self.log_path)
+        return self
 
     def kill(self) -> None:
         if self.proc.poll() is None:
