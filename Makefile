@@ -35,7 +35,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) tools/bench_kernels.py --quick
 	$(PY) tools/bench_rewards.py
-	$(PY) tools/bench_data.py
+	$(PY) tools/bench_data.py --dali-cpu
 
 gpu-env:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
