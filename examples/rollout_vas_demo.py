@@ -20,7 +20,7 @@ from megatron_mmr1.config import load_config
 from megatron_mmr1.data.dataset import build_dataset
 from megatron_mmr1.data.sample import Sample
 from megatron_mmr1.data.tokenizer import load_tokenizer
-from megatron_mmr1.rewards import compute_rewards
+from megatron_mmr1.rewards import compute_rewards, reward_pool
 from megatron_mmr1.rollout.client import RolloutClient
 from megatron_mmr1.rollout.servers import rollout_servers
 from megatron_mmr1.sampling.controller import PromptSampler
@@ -56,19 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     ds = build_dataset(cfg.data, tok)
     logger.info("dataset: %d prompts from %s", len(ds), args.data)
 
-    with rollout_servers(cfg.rollout, model_dir=args.model) as urls:
+    with rollout_servers(cfg.rollout, model_dir=args.model) as urls, reward_pool(cfg.reward) as pool:
         client = RolloutClient(cfg.rollout, urls, max_new_tokens=cfg.data.max_response_length)
 
         def score_fn(indices: list[int]):
             """VPS scoring: N fresh rollouts per prompt, accuracy rewards and token ids."""
-            out = compute_rewards(client.generate(ds.get_batch(indices).samples, n=cfg.vps.num_rollouts), cfg.reward)
+            out = compute_rewards(client.generate(ds.get_batch(indices).samples, n=cfg.vps.num_rollouts), cfg.reward, pool)
             _, acc, tokens = group(out, cfg.vps.num_rollouts)
             return acc, tokens
 
         sampler = PromptSampler(len(ds), cfg.training.rollout_batch_size, cfg.sampler, cfg.vps, score_fn)
         for step in range(1, args.steps + 1):
             indices = sampler.next_batch()
-            rollouts = compute_rewards(client.generate(ds.get_batch(indices).samples), cfg.reward)
+            rollouts = compute_rewards(client.generate(ds.get_batch(indices).samples), cfg.reward, pool)
             rewards, acc, tokens = group(rollouts, cfg.rollout.n)
             advantages = compute_grpo_advantages(rewards, eps=cfg.algorithm.adv_eps)  # (G, n)
             sampler.observe(indices, acc, tokens)

@@ -1,16 +1,16 @@
 """Verifiable rewards: r = format_weight * format + accuracy_weight * accuracy (MMR1 table 6: 1 and 1).
 
-    samples = compute_rewards(samples, cfg.reward)   # fills sample.reward and sample.reward_info
+    with reward_pool(cfg.reward) as pool:                 # the caller owns the worker processes
+        samples = compute_rewards(samples, cfg.reward, pool)  # fills sample.reward and sample.reward_info
 
 Accuracy grades the last ``\\boxed{}`` of the ``<answer>`` block with math-verify; format checks
 the ``<think>...</think><answer>...\\boxed{}...</answer>`` template. Scoring runs in worker
 processes with a per-item time limit; a timed-out item gets reward 0 and
-``reward_info["timeout"] = 1``, and is counted in ``get_reward_pool(cfg).stats``.
+``reward_info["timeout"] = 1``, and is counted in ``pool.stats``.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 from typing import Optional
 
@@ -24,33 +24,20 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "WARMUP",
-    "compute_rewards", "get_reward_pool", "shutdown_reward_pools", "combine",
+    "compute_rewards", "reward_pool", "combine",
     "RewardPool", "ItemResult", "PoolStats",
     "answer_block", "extract_final_answer", "format_score", "last_boxed",
     "accuracy_score", "choice_letter", "score_response",
 ]
 
-_POOLS: dict[tuple, RewardPool] = {}
 WARMUP = ("<think>x</think><answer>\\boxed{\\frac{1}{2}}</answer>", "0.5")
 
 
-def get_reward_pool(cfg: RewardConfig) -> RewardPool:
-    """One long-lived pool per (num_workers, timeout_s): workers take ~1 s to import sympy."""
-    key = (cfg.num_workers, cfg.timeout_s, cfg.grace_s)
-    pool = _POOLS.get(key)
-    if pool is None:
-        pool = RewardPool(
-            score_response, num_workers=cfg.num_workers, timeout_s=cfg.timeout_s, grace_s=cfg.grace_s,
-            warmup_args=WARMUP
-        )
-        _POOLS[key] = pool
-    return pool
-
-
-@atexit.register
-def shutdown_reward_pools() -> None:
-    while _POOLS:
-        _POOLS.popitem()[1].close()
+def reward_pool(cfg: RewardConfig) -> RewardPool:
+    """A worker pool for ``cfg``, owned (and closed) by the caller: keep one for a whole run, since
+    workers take ~1 s to import sympy. Usable as a context manager."""
+    return RewardPool(score_response, num_workers=cfg.num_workers, timeout_s=cfg.timeout_s,
+                      grace_s=cfg.grace_s, warmup_args=WARMUP)
 
 
 def combine(result: ItemResult, cfg: RewardConfig) -> tuple[float, dict[str, float]]:
@@ -73,7 +60,9 @@ def compute_rewards(
 
     Aborted generations (empty response) are scored like any other text and get 0.
     """
-    pool = pool or get_reward_pool(cfg)
+    if pool is None:  # one-off call: a pool just for these samples
+        with reward_pool(cfg) as own:
+            return compute_rewards(samples, cfg, own)
     results = pool.map([(s.response, s.answer) for s in samples])
     timeouts = errors = 0
     for s, r in zip(samples, results):

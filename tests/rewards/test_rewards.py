@@ -141,3 +141,14 @@ def test_workers_that_cannot_start_raise_instead_of_looping():
     with RewardPool(_slow_scores.die_on_import_marker, num_workers=1, timeout_s=1.0, max_start_failures=1) as p:
         with pytest.raises(RuntimeError, match="keep dying"):
             p.map([("x", "")])
+
+
+def test_one_off_call_builds_and_closes_its_own_pool():
+    """Without a pool, compute_rewards scores through a pool of its own and leaves no worker behind."""
+    import multiprocessing as mp
+
+    before = len(mp.active_children())
+    s = Sample(response="<think>2+2</think><answer>\\boxed{4}</answer>", answer="4")
+    compute_rewards([s], RewardConfig(num_workers=1, timeout_s=5.0))
+    assert s.reward == 2.0 and s.reward_info["accuracy"] == 1.0 and s.reward_info["format"] == 1.0
+    assert len(mp.active_children()) == before
