@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Optional
 
 import torch
 
+from megatron_mmr1.config import ModelConfig
 from megatron_mmr1.models.presets import hf_config_dict, resolve_model_dims
 
 
@@ -26,10 +26,7 @@ def make_tiny_hf_checkpoint(
     """
     from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    model_cfg = SimpleNamespace(preset="tiny", tokenizer_path=str(tokenizer_dir), hf_path=None,
-                                **{k: None for k in ("num_layers", "hidden_size", "ffn_hidden_size",
-                                                     "num_attention_heads", "num_query_groups", "vocab_size")})
-    dims = resolve_model_dims(model_cfg)
+    dims = resolve_model_dims(ModelConfig(preset="tiny", tokenizer_path=str(tokenizer_dir)))
     dims.update(dims_override)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**hf_config_dict(dims))).eval()
