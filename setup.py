@@ -12,6 +12,7 @@ BASE = [
     "safetensors",  # HF checkpoint I/O
     "pillow",  # CPU image decoding
     "numpy",
+    "rapidfuzz",  # C++ bit-parallel Levenshtein for the edit-distance TDS on CPU
     "pyarrow",  # parquet datasets
     "math-verify>=0.7",  # accuracy reward
     "tqdm",  # progress bars
@@ -33,8 +34,9 @@ EXTRAS = {
     "dev": [
         "pytest",
         "nltk",  # reference definition of self-BLEU in tests and benchmarks
-        "Levenshtein",  # reference edit distance in benchmarks
+        "Levenshtein",  # the MMR1 reference approach (per-pair Levenshtein) in benchmarks
         "matplotlib",  # VAS simulation figures
+        "liger-kernel==0.8.5",  # third-party GRPO loss: parity test and benchmark column of the fused loss
         "sglang-router",  # real router in front of CPU stand-in servers in tests
         "nvidia-dali-cuda120==2.4.0",  # DALI image pipeline: its CPU-only pipelines are tested without a GPU
     ],

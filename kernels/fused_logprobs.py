@@ -36,6 +36,7 @@ STATS_NUM_WARPS = 16
 DLOGITS_BLOCK_V = 4096
 DLOGITS_NUM_WARPS = 8
 CHUNK_BYTES = 512 * 2**20  # budget of the [C, V_local] logits buffer
+TORCH_BLOCK_V = 16384  # vocabulary columns per step of the torch row ops (bounds their fp32 temporaries)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,26 +145,48 @@ def _local_target(targets: torch.Tensor, vocab_start: int, V: int) -> tuple[torc
 
 
 def _stats_torch(logits: torch.Tensor, targets: torch.Tensor, vocab_start: int, inv_temp: float) -> torch.Tensor:
+    """[4, C] (max, sum exp(z - max), sum exp(z - max)(z - max), target logit) of z = logits / T, one
+    vocabulary block at a time with the online merge of the Triton kernel, so the fp32 temporaries are
+    [C, TORCH_BLOCK_V] rather than [C, V]."""
     C, V = logits.shape
-    zm = logits.float() * inv_temp  # [C, V] fp32 (the one copy), becomes z - max in place
-    m = zm.max(dim=1).values if V else torch.full((C,), -1e30, device=zm.device)
-    zm.sub_(m[:, None])
+    m = torch.full((C,), -1e30, dtype=torch.float32, device=logits.device)
+    s = torch.zeros_like(m)
+    b = torch.zeros_like(m)
+    for v0 in range(0, V, TORCH_BLOCK_V):
+        zm = logits[:, v0 : v0 + TORCH_BLOCK_V].to(torch.float32, copy=True).mul_(inv_temp)  # [C, Vb] fp32
+        mb = zm.max(dim=1).values
+        zm.sub_(mb[:, None])
+        e = torch.exp(zm)
+        sb = e.sum(1)
+        bb = e.mul_(zm).sum(1)
+        m, s, b = merge_softmax_stats(m, s, b, mb, sb, bb)
     y, hit = _local_target(targets, vocab_start, V)
-    zt = torch.where(hit, zm.gather(1, y[:, None]).squeeze(1) + m, torch.zeros_like(m))
-    e = torch.exp(zm)  # [C, V]
-    s = e.sum(1)
-    b = e.mul_(zm).sum(1)
+    zt = logits.gather(1, y[:, None]).squeeze(1).float() * inv_temp
+    zt = torch.where(hit, zt, torch.zeros_like(zt))
     return torch.stack([m, s, b, zt])  # [4, C]
 
 
+def merge_softmax_stats(m1, s1, b1, m2, s2, b2):
+    """Merge two (max m, sum e^(z-m), sum e^(z-m)(z-m)) over disjoint parts of a row: the online
+    softmax step of the Triton kernel, and the TP merge of combine_stats."""
+    M = torch.maximum(m1, m2)
+    a1, a2 = torch.exp(m1 - M), torch.exp(m2 - M)
+    return M, s1 * a1 + s2 * a2, a1 * (b1 + (m1 - M) * s1) + a2 * (b2 + (m2 - M) * s2)
+
+
 def _dlogits_torch(logits, targets, lse, zbar, glp, gent, vocab_start: int, inv_temp: float) -> None:
+    """In place, one vocabulary block at a time: dz / T = [glp (onehot - p) - gent p (z - zbar)] / T."""
     C, V = logits.shape
-    t = logits.float() * inv_temp - lse[:, None]  # [C, V] z - lse (two fp32 temporaries in all)
-    p = torch.exp(t)
-    t.add_((lse - zbar)[:, None]).mul_(gent[:, None]).add_(glp[:, None]).mul_(p)  # p (glp + gent (z - zbar))
     y, hit = _local_target(targets, vocab_start, V)
-    t.scatter_add_(1, y[:, None], -torch.where(hit, glp, torch.zeros_like(glp))[:, None])
-    logits.copy_(t.mul_(-inv_temp))  # dz / temperature = [glp (onehot - p) - gent p (z - zbar)] / T
+    for v0 in range(0, V, TORCH_BLOCK_V):
+        blk = logits[:, v0 : v0 + TORCH_BLOCK_V]
+        t = blk.to(torch.float32, copy=True).mul_(inv_temp).sub_(lse[:, None])  # [C, Vb] z - lse
+        p = torch.exp(t)
+        t.add_((lse - zbar)[:, None]).mul_(gent[:, None]).add_(glp[:, None]).mul_(p)  # p (glp + gent (z - zbar))
+        in_blk = hit & (y >= v0) & (y < v0 + blk.shape[1])
+        yb = (y - v0).clamp(0, blk.shape[1] - 1)
+        t.scatter_add_(1, yb[:, None], -torch.where(in_blk, glp, torch.zeros_like(glp))[:, None])
+        blk.copy_(t.mul_(-inv_temp))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,8 +217,8 @@ def combine_stats(stats: torch.Tensor, group=None) -> ChunkStats:
     if group is not None and dist.is_initialized() and dist.get_world_size(group) > 1:
         M = m.clone()
         dist.all_reduce(M, op=dist.ReduceOp.MAX, group=group)
-        scale = torch.exp(m - M)
-        packed = torch.stack([s * scale, scale * (b + (m - M) * s), zt])  # [3, C]
+        _, s_M, b_M = merge_softmax_stats(m, s, b, M, torch.zeros_like(s), torch.zeros_like(b))  # rescaled to M
+        packed = torch.stack([s_M, b_M, zt])  # [3, C]
         dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
         m, (s, b, zt) = M, packed
     log_s = torch.log(s)

@@ -19,8 +19,8 @@ Implementation: all sequences are packed into one flat token tensor. n-gram ids 
 ranks, or rank compression of (id_{k-1}, token) pairs when those would overflow int64): no hash
 collisions for any vocabulary. Counting is one sort per order plus segment reductions in torch (CPU or
 GPU; numpy's sort on CPU). Edit distance is Hyyro's bit-parallel Levenshtein: a Triton kernel on CUDA
-(kernels/levenshtein.py), the C ``Levenshtein`` package on CPU when installed, else torch vectorised
-over all pairs and 64-bit words (carry look-ahead as a Kogge-Stone scan).
+(kernels/levenshtein.py), rapidfuzz's C++ implementation on CPU (all pairs in one multi-threaded ``cpdist``
+call), else torch vectorised over all pairs and 64-bit words (carry look-ahead as a Kogge-Stone scan).
 """
 
 from __future__ import annotations
@@ -278,12 +278,12 @@ def self_bleu(groups: GroupsLike, max_n: int = 3) -> torch.Tensor:
     return torch.where(p.group_sizes >= 2, per_group / sizes.clamp(min=1.0), torch.ones_like(sizes))
 
 
-@_cpu_single_thread
-def edit_distance(groups: GroupsLike, backend: str = "auto") -> torch.Tensor:
+def edit_distance(groups: GroupsLike, backend: str = "auto", workers: int | None = None) -> torch.Tensor:
     """Mean over pairs i < j of Levenshtein(seq_i, seq_j) / max(len_i, len_j). -> [G] float64.
 
-    backend: "auto" (Triton on CUDA; C ``Levenshtein`` on CPU when installed; else torch), "triton",
-    "torch", "levenshtein".
+    backend: "auto" (Triton on CUDA; rapidfuzz on CPU when installed; else torch), "triton", "torch",
+    "rapidfuzz". workers: CPU threads of the rapidfuzz path (default: ``torch.get_num_threads()``); each
+    pair is an independent, compute-bound job, so it scales with cores unlike the memory-bound n-gram ops.
     """
     p = pack_groups(groups)
     G, dev = p.num_groups, p.device
@@ -301,11 +301,11 @@ def edit_distance(groups: GroupsLike, backend: str = "auto") -> torch.Tensor:
         if dev.type == "cuda" and HAS_TRITON:
             backend = "triton"
         else:
-            backend = "levenshtein" if dev.type == "cpu" and _has_levenshtein() else "torch"
+            backend = "rapidfuzz" if dev.type == "cpu" and _has_rapidfuzz() else "torch"
     if backend == "triton" and use_triton("triton", p.tokens):
         dist = _pairs_levenshtein_triton(p, pi, pj)
-    elif backend == "levenshtein":
-        dist = _pairs_levenshtein_c(p, pi, pj)
+    elif backend == "rapidfuzz":
+        dist = _pairs_levenshtein_rapidfuzz(p, pi, pj, workers or torch.get_num_threads())
     elif backend == "torch":
         dist = _pairs_levenshtein_torch(p, pi, pj)
     else:
@@ -340,23 +340,46 @@ def _pairs_levenshtein_triton(p: PackedGroups, pi: torch.Tensor, pj: torch.Tenso
     return out
 
 
-def _has_levenshtein() -> bool:
+def _has_rapidfuzz() -> bool:
     try:
-        import Levenshtein  # noqa: F401
+        import rapidfuzz  # noqa: F401
     except ImportError:
         return False
     return True
 
 
-def _pairs_levenshtein_c(p: PackedGroups, pi: torch.Tensor, pj: torch.Tensor) -> torch.Tensor:
-    import Levenshtein
+_SURROGATES = (0xD800, 0xE000)  # code points a str cannot hold
 
-    starts = (torch.cumsum(p.seq_lens, 0) - p.seq_lens).tolist()
-    lens = p.seq_lens.tolist()
-    toks = p.tokens.cpu().numpy()
-    seqs = [toks[s : s + n].tolist() for s, n in zip(starts, lens)]
-    d = [Levenshtein.distance(seqs[i], seqs[j]) for i, j in zip(pi.tolist(), pj.tolist())]
-    return torch.tensor(d, dtype=torch.int64, device=p.device)
+
+def _as_strings(p: PackedGroups) -> list:
+    """Each sequence as a Python str with one code point per token, so that rapidfuzz converts every
+    sequence once, in C, instead of once per pair from a list of ints. Token ids map to code points
+    around the surrogate block; ids beyond the code-point range are rank-compressed first, and when
+    even the ranks do not fit, sequences stay lists of ints (slower, same distances)."""
+    tok = p.tokens.cpu()
+    room = 0x110000 - (_SURROGATES[1] - _SURROGATES[0])
+    if tok.numel() and int(tok.max()) >= room:
+        _, tok = torch.unique(tok, return_inverse=True)
+    bounds = torch.cumsum(p.seq_lens.cpu(), 0).tolist()
+    if tok.numel() and int(tok.max()) >= room:
+        flat = tok.tolist()
+        return [flat[e - n : e] for e, n in zip(bounds, p.seq_lens.tolist())]
+    cp = torch.where(tok >= _SURROGATES[0], tok + (_SURROGATES[1] - _SURROGATES[0]), tok)
+    buf = cp.to(torch.int32).numpy().astype("<u4").tobytes()
+    starts = [0] + bounds[:-1]
+    return [buf[4 * s : 4 * e].decode("utf-32-le") for s, e in zip(starts, bounds)]
+
+
+def _pairs_levenshtein_rapidfuzz(p: PackedGroups, pi: torch.Tensor, pj: torch.Tensor, workers: int) -> torch.Tensor:
+    """rapidfuzz runs the same bit-parallel algorithm per pair in C++; ``cpdist`` takes all pairs in one
+    call and spreads them over ``workers`` threads without the GIL."""
+    from rapidfuzz import process
+    from rapidfuzz.distance import Levenshtein
+
+    seqs = _as_strings(p)
+    d = process.cpdist([seqs[i] for i in pi.tolist()], [seqs[j] for j in pj.tolist()],
+                       scorer=Levenshtein.distance, dtype=np.int64, workers=workers)
+    return torch.from_numpy(np.asarray(d, dtype=np.int64)).to(p.device)
 
 
 def _add_multiword(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -388,6 +411,7 @@ def _shl1(x: torch.Tensor, fill: int) -> torch.Tensor:
     return out
 
 
+@_cpu_single_thread
 def _pairs_levenshtein_torch(
     p: PackedGroups, pi: torch.Tensor, pj: torch.Tensor, max_elems: int = 1 << 24
 ) -> torch.Tensor:

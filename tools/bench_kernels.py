@@ -2,7 +2,7 @@
 
 1. GRPO loss from hidden states, forward + backward: the torch reference (full logits + log_softmax),
    the fused kernel (Triton on CUDA, its torch row ops on CPU), Liger-Kernel's fused linear GRPO when
-   installed, and the three GEMMs no design can avoid (logits, d hidden, d weight) as the floor.
+   installed (the dev extra has it; eager on CPU), and the three GEMMs no design can avoid (logits, d hidden, d weight) as the floor.
    Columns: time, peak extra memory, achieved FLOP/s and bytes/s against the device's peak.
 2. VPS statistics vs the MMR1 reference approach (NLTK sentence_bleu and per-pair Levenshtein in
    Python loops, Python sets for distinct-n) on the same inputs: time, speedup, max |difference|.
@@ -62,7 +62,8 @@ def timed(fn, dev: str, repeat: int) -> float:
 
 class _LiveTensorBytes(TorchDispatchMode):
     """Peak bytes of live tensor storages created under this mode (CPU stand-in for CUDA's allocator
-    statistics): every op output's storage is counted until Python frees it."""
+    statistics): every op output's storage is counted until Python frees it. Works on the meta device
+    too (storages keyed by their StorageImpl there, since meta storages have no data pointer)."""
 
     def __init__(self):
         super().__init__()
@@ -72,13 +73,20 @@ class _LiveTensorBytes(TorchDispatchMode):
     def _free(self, key):
         self.cur -= self.live.pop(key, 0)
 
+    @staticmethod
+    def _key(st) -> int:
+        return st.data_ptr() or st._cdata
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        # outputs that alias an input (views, in-place and out= ops) allocate nothing, even when the
+        # input was created before the mode started (the weight, the hidden states)
+        seen = {self._key(t.untyped_storage()) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 st = t.untyped_storage()
-                key = st.data_ptr()
-                if key and key not in self.live:
+                key = self._key(st)
+                if key and key not in self.live and key not in seen:
                     self.live[key] = st.nbytes()
                     self.cur += st.nbytes()
                     self.peak = max(self.peak, self.cur)
@@ -122,10 +130,15 @@ def device_peaks(dev: str, dtype: torch.dtype) -> tuple[float, float, str]:
 # ----------------------------------------------------------------------------- 1. GRPO loss
 
 
-def loss_inputs(T, H, V, dtype, dev, seq=1024):
-    g = torch.Generator().manual_seed(0)
+def loss_inputs(T, H, V, dtype, dev, seq=1024, meta_only=False):
+    """meta_only: shapes and dtypes only (empty tensors), for the allocation-only memory run."""
     B = max(1, T // seq)
     S = T // B
+    if meta_only:
+        f = dict(device="meta")
+        return (torch.empty(B, S, H, dtype=dtype, **f), torch.empty(V, H, dtype=dtype, **f),
+                torch.empty(B, S, dtype=torch.int64, **f), *(torch.empty(B, S, **f) for _ in range(4)))
+    g = torch.Generator().manual_seed(0)
     x = (torch.randn(B, S, H, generator=g) * 0.05).to(dev, dtype)
     w = (torch.randn(V, H, generator=g) * 0.05).to(dev, dtype)
     y = torch.randint(0, V, (B, S), generator=g).to(dev)
@@ -162,13 +175,33 @@ def run_loss_impl(impl: str, inputs, dev):
 
 
 def _liger_loss(x, w, y, old, ref, adv, mask):
+    """Liger's token-mean ("bnpo") GRPO loss with the same clip, KL and temperature (it has no dual clip).
+    torch.compile of its loss math on CUDA (Liger's default); eager on CPU, where compiling costs minutes."""
     from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
 
     mod = LigerFusedLinearGRPOLoss(beta=LOSS_KW["kl_coef"], use_ref_model=True, epsilon_low=LOSS_KW["eps_low"],
                                    epsilon_high=LOSS_KW["eps_high"], loss_type="bnpo",
-                                   temperature=LOSS_KW["temperature"])
+                                   temperature=LOSS_KW["temperature"], compiled=x.is_cuda)
     out = mod(x, w, y, mask, adv[:, 0], ref_per_token_logps=ref, old_per_token_logps=old)
     return out[0] if isinstance(out, tuple) else out
+
+
+def bench_loss_memory_meta(shapes, dtype, rows):
+    """Peak extra memory of the reference and the fused loss (its torch backend: the same buffers as the
+    Triton path, plus the row ops' temporaries) at full size, on the meta device: every allocation is
+    made and counted, no arithmetic runs, so the production shape fits on any machine. This measures the
+    allocation pattern, not the CUDA caching allocator (fragmentation and cuBLAS workspace are not seen)."""
+    print(f"\n== GRPO loss peak extra memory at full size (meta device: allocations only, {dtype}) ==")
+    hdr = f"{'T':>6} {'H':>5} {'V':>7} | {'reference MB':>12} {'fused MB':>9} | fused/reference (goal <= 0.125)"
+    print(hdr + "\n" + "-" * len(hdr))
+    for T, H, V in shapes:
+        inputs = tuple(t.to("meta") for t in loss_inputs(T, H, V, dtype, "cpu", seq=1024, meta_only=True))
+        mem = {impl: peak_extra_bytes(run_loss_impl(impl, inputs, "meta"), "meta") for impl in ("reference", "fused")}
+        ratio = mem["fused"] / mem["reference"]
+        print(f"{T:>6} {H:>5} {V:>7} | {mem['reference'] / 2**20:>12.0f} {mem['fused'] / 2**20:>9.0f} | {ratio:.3f}")
+        emit(rows, bench="grpo_loss_memory_meta", dtype=str(dtype), T=T, H=H, V=V,
+             reference_peak_extra_mb=mem["reference"] / 2**20, fused_peak_extra_mb=mem["fused"] / 2**20,
+             fused_over_reference_peak_mem=ratio)
 
 
 def gemm3(T, H, V, dtype, dev):
@@ -193,7 +226,7 @@ def bench_loss(shapes, dtype, dev, repeat, rows):
     try:
         import liger_kernel  # noqa: F401
 
-        have_liger = dev == "cuda"
+        have_liger = True
     except ImportError:
         have_liger = False
     hdr = f"{'T':>6} {'H':>5} {'V':>7} | {'impl':<9} {'ms':>9} {'peak MB':>9} {'TFLOP/s':>8} {'%peak':>6} " \
@@ -268,10 +301,14 @@ def vps_groups(G, N, L, vocab=32000, seed=0):
     return groups
 
 
-def reference_vps(groups, which):
-    """The MMR1-code approach: NLTK sentence_bleu / Levenshtein per pair / sets, in Python loops."""
+def reference_vps(groups, which, rewards=None):
+    """The MMR1-code approach: NLTK sentence_bleu / Levenshtein per pair / sets / mean, in Python loops."""
     out = []
-    if which == "self_bleu":
+    if which == "pass_rate_variance":
+        for r in rewards.tolist():
+            p = sum(r) / len(r)
+            out.append(p * (1 - p))
+    elif which == "self_bleu":
         from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
         sm = SmoothingFunction().method1
@@ -294,32 +331,39 @@ def reference_vps(groups, which):
 
 
 def bench_vps(G, N, L, dev, rows):
-    print(f"\n== VPS statistics: {G} groups x {N} rollouts x <= {L} tokens ({dev}) ==")
+    """Each metric from the raw groups (packing included), then the VPS inputs as MMR1 configures them:
+    OVS (pass-rate variance) + TDS by self-BLEU-123, the paper's and the released code's default."""
+    print(f"\n== VPS statistics: {G} groups x {N} rollouts x <= {L} tokens ({dev}, "
+          f"{torch.get_num_threads()} thread(s)) ==")
     groups = vps_groups(G, N, L)
-    t0 = time.perf_counter()
-    packed = K.pack_groups(groups, device=dev)
-    sync(dev)
-    t_pack = time.perf_counter() - t0
-    ours = {"self_bleu": lambda: K.self_bleu(packed, 3), "distinct_n": lambda: K.distinct_n(packed, 3),
-            "edit_distance": lambda: K.edit_distance(packed)}
-    hdr = f"{'metric':<14} | {'reference s':>11} {'ours s':>8} | {'speedup':>8} | max |diff|"
+    rewards = (torch.rand(G, N, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+
+    def on_dev(fn):
+        return lambda: fn(K.pack_groups(groups, device=dev))
+
+    ours = {"pass_rate_variance": lambda: K.pass_rate_variance(rewards.to(dev)),
+            "self_bleu": on_dev(lambda p: K.self_bleu(p, 3)), "distinct_n": on_dev(lambda p: K.distinct_n(p, 3)),
+            "edit_distance": on_dev(K.edit_distance)}
+    hdr = f"{'metric':<22} | {'reference s':>11} {'ours s':>8} | {'speedup':>8} | max |diff|"
     print(hdr + "\n" + "-" * len(hdr))
-    tot_ref, tot_ours = 0.0, t_pack
+    t_ref, t_ours = {}, {}
     for name, fn in ours.items():
         t0 = time.perf_counter()
-        want = reference_vps(groups, name)
-        t_ref = time.perf_counter() - t0
-        t_ours = timed(fn, dev, 3)  # median of 3 after a warm-up: short runs are the ones hurt by load spikes
-        got = fn()
-        diff = float((got.cpu() - want).abs().max())
-        tot_ref += t_ref
-        tot_ours += t_ours
-        print(f"{name:<14} | {t_ref:>11.3f} {t_ours:>8.3f} | {t_ref / t_ours:>7.1f}x | {diff:.1e}")
-        emit(rows, bench="vps", metric=name, device=dev, G=G, N=N, L=L, reference_s=t_ref, ours_s=t_ours,
-             speedup=t_ref / t_ours, max_abs_diff=diff)
-    print(f"{'all (+pack)':<14} | {tot_ref:>11.3f} {tot_ours:>8.3f} | {tot_ref / tot_ours:>7.1f}x |  (pack {t_pack:.3f} s)")
-    emit(rows, bench="vps", metric="all", device=dev, G=G, N=N, L=L, reference_s=tot_ref, ours_s=tot_ours,
-         speedup=tot_ref / tot_ours)
+        want = reference_vps(groups, name, rewards)
+        t_ref[name] = time.perf_counter() - t0
+        t_ours[name] = timed(fn, dev, 3)  # median of 3 after a warm-up: short runs are the ones hurt by load spikes
+        diff = float((fn().cpu() - want).abs().max())
+        print(f"{name:<22} | {t_ref[name]:>11.3f} {t_ours[name]:>8.3f} | {t_ref[name] / t_ours[name]:>7.1f}x | {diff:.1e}")
+        emit(rows, bench="vps", metric=name, device=dev, G=G, N=N, L=L, reference_s=t_ref[name],
+             ours_s=t_ours[name], speedup=t_ref[name] / t_ours[name], max_abs_diff=diff)
+    print("(edit distance: both sides run the C++ bit-parallel algorithm; ours batches all pairs over the "
+          "CPU threads)")
+    for label, names in (("vps: ovs + tds self-BLEU", ("pass_rate_variance", "self_bleu")),
+                         ("all four metrics", tuple(ours))):
+        ref_s, ours_s = sum(t_ref[n] for n in names), sum(t_ours[n] for n in names)
+        print(f"{label:<22} | {ref_s:>11.3f} {ours_s:>8.3f} | {ref_s / ours_s:>7.1f}x |")
+        emit(rows, bench="vps", metric=label, device=dev, G=G, N=N, L=L, reference_s=ref_s, ours_s=ours_s,
+             speedup=ref_s / ours_s)
 
 
 def main(argv=None) -> list[dict]:
@@ -346,6 +390,7 @@ def main(argv=None) -> list[dict]:
             if dev == "cuda":
                 bench_vps(512, 8, 1024, dev, rows)
     if not args.skip_loss:
+        bench_loss_memory_meta([(4096, 3584, 152064), (16384, 3584, 152064)], torch.bfloat16, rows)
         if dev == "cuda":
             bench_loss([(4096, 3584, 152064), (16384, 3584, 152064)], torch.bfloat16, dev, 5, rows)
         elif args.quick:

@@ -16,7 +16,7 @@ import torch
 from mmr1_kernels._dispatch import interpreter_mode
 
 HERE = Path(__file__).parent
-FILES = ["test_fused_logprobs.py", "test_fused_grpo_loss.py", "test_vps_stats.py"]
+FILES = ["test_fused_logprobs.py", "test_fused_grpo_loss.py", "test_vps_stats.py", "test_liger_parity.py"]
 
 
 @pytest.mark.slow

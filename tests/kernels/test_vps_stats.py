@@ -111,7 +111,7 @@ def test_self_bleu_matches_nltk(max_n, seed):
     _close(self_bleu(groups, max_n), ref_self_bleu(groups, max_n))
 
 
-@pytest.mark.parametrize("backend", ["torch", "auto"])
+@pytest.mark.parametrize("backend", ["torch", "rapidfuzz", "auto"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_edit_distance_matches_dp(backend, seed):
     groups = random_groups(seed, max_len=30, ragged_n=bool(seed)) + EDGE
@@ -125,6 +125,23 @@ def test_edit_distance_multiword_patterns():
     g = [[t if rng.random() < 0.8 else rng.randrange(3) for t in base[: rng.randint(60, 200)]] for _ in range(3)]
     g.append([1] * 130)
     _close(edit_distance([g], backend="torch"), ref_edit_distance([g]))
+
+
+@pytest.mark.parametrize("offset", [0xD7FE, 0x10F000, 2**40])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_edit_distance_rapidfuzz_any_token_id(offset, workers):
+    # token ids become code points for rapidfuzz: ids at the surrogate block, past the code-point range
+    # (rank-compressed), and with more distinct ids than code points (lists of ints) all give DP's distances
+    import mmr1_kernels.vps_stats as vs
+
+    groups = [[[offset + t for t in s] for s in g] for g in random_groups(8, max_len=70, vocab=5)]
+    want = ref_edit_distance(groups)
+    _close(edit_distance(groups, backend="rapidfuzz", workers=workers), want)
+    if offset == 2**40:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(vs, "_SURROGATES", (0xD800, 0xD800 + 0x110000 - 3))  # leaves room for 3 ranks only
+            assert isinstance(vs._as_strings(pack_groups(groups))[0], list)
+            _close(edit_distance(groups, backend="rapidfuzz"), want)
 
 
 def test_accepts_tensors_and_packed():
