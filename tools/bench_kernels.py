@@ -291,6 +291,73 @@ def bench_loss(shapes, dtype, dev, repeat, rows):
                  fused_over_liger_time=res["fused"][0] / res["liger"][0] if "liger" in res else None)
 
 
+def logprob_impls(x, w, y, mask, dev):
+    """Log-prob users besides the loss: old / reference log-probs (no grad) and SFT cross-entropy
+    (fwd + bwd), by the reference, fused_logprobs, and Liger's fused linear cross-entropy (CUDA only:
+    its kernels are Triton without a torch path)."""
+    xr, wr = x.detach().requires_grad_(True), w.detach().requires_grad_(True)
+    n = mask.sum().clamp(min=1.0)
+
+    def run(kind, impl):
+        def fn():
+            xr.grad = wr.grad = None
+            if kind == "logprobs (no grad)":
+                with torch.no_grad():
+                    if impl == "reference":
+                        return K.reference_logprobs(x, w, y, temperature=LOSS_KW["temperature"], upcast=False)
+                    return K.fused_logprobs(x, w, y, temperature=LOSS_KW["temperature"])
+            if impl == "liger":
+                from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+                ce = LigerFusedLinearCrossEntropyLoss()(wr, xr.reshape(-1, xr.shape[-1]),
+                                                        torch.where(mask > 0, y, -100).reshape(-1))
+            else:
+                lp_fn = K.reference_logprobs if impl == "reference" else K.fused_logprobs
+                kw = dict(upcast=False) if impl == "reference" else {}
+                ce = -(lp_fn(xr, wr, y, **kw) * mask).sum() / n
+            ce.backward()
+            return ce
+
+        fn.reset = lambda: setattr(xr, "grad", None) or setattr(wr, "grad", None)
+        return fn
+
+    return run
+
+
+def bench_logprobs(shapes, dtype, dev, repeat, rows):
+    print(f"\n== log-probs from hidden states: old / ref log-probs (no grad), SFT cross-entropy (fwd + bwd) "
+          f"({dev}, {dtype}) ==")
+    hdr = f"{'T':>6} {'H':>5} {'V':>7} | {'what':<20} {'impl':<9} {'ms':>9} {'peak MB':>9} | vs ref"
+    print(hdr + "\n" + "-" * len(hdr))
+    try:
+        import liger_kernel  # noqa: F401
+
+        have_liger = dev == "cuda"
+    except ImportError:
+        have_liger = False
+    for T, H, V in shapes:
+        x, w, y, _, _, _, mask = loss_inputs(T, H, V, dtype, dev)
+        run = logprob_impls(x, w, y, mask, dev)
+        for kind in ("logprobs (no grad)", "sft cross-entropy"):
+            impls = ["reference", "fused"] + (["liger"] if have_liger and kind == "sft cross-entropy" else [])
+            t_ref = None
+            for impl in impls:
+                try:
+                    t = timed(run(kind, impl), dev, repeat)
+                    mem = peak_extra_bytes(run(kind, impl), dev)
+                except Exception as e:  # a third-party column must not end the run
+                    print(f"{T:>6} {H:>5} {V:>7} | {kind:<20} {impl:<9} failed: {type(e).__name__}: {str(e)[:60]}")
+                    continue
+                t_ref = t_ref or t
+                print(f"{T:>6} {H:>5} {V:>7} | {kind:<20} {impl:<9} {t * 1e3:>9.2f} {mem / 2**20:>9.1f} | "
+                      f"{t_ref / t:>5.2f}x faster")
+                emit(rows, bench="logprobs", what=kind, device=dev, dtype=str(dtype), T=T, H=H, V=V, impl=impl,
+                     ms=t * 1e3, peak_extra_mb=mem / 2**20, speedup_vs_reference=t_ref / t)
+        del x, w
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+
+
 # ----------------------------------------------------------------------------- 2. VPS statistics
 
 
@@ -400,10 +467,13 @@ def main(argv=None) -> list[dict]:
         bench_loss_memory_meta([(4096, 3584, 152064), (16384, 3584, 152064)], torch.bfloat16, rows)
         if dev == "cuda":
             bench_loss([(4096, 3584, 152064), (16384, 3584, 152064)], torch.bfloat16, dev, 5, rows)
+            bench_logprobs([(4096, 3584, 152064), (16384, 3584, 152064)], torch.bfloat16, dev, 5, rows)
         elif args.quick:
             bench_loss([(1024, 256, 8192), (4096, 256, 8192)], torch.float32, dev, 1, rows)
+            bench_logprobs([(1024, 256, 8192)], torch.float32, dev, 1, rows)
         else:
             bench_loss([(2048, 512, 32768), (4096, 512, 65536)], torch.float32, dev, 2, rows)
+            bench_logprobs([(4096, 512, 65536)], torch.float32, dev, 2, rows)
     return rows
 
 

@@ -71,3 +71,25 @@ def test_fused_grpo_loss_matches_liger(backend, mode, loss_type, kl_coef):
     assert 0.0 < float(out.clip_frac) < 1.0  # both branches were taken: the clip logic was exercised
     if kl_coef:
         assert_rel_close(out.kl, want_metrics[0], TOL, "kl")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Liger's fused linear cross-entropy is Triton-only")
+def test_sft_cross_entropy_matches_liger_flce():
+    # SFT cross-entropy through fused_logprobs vs Liger's LigerFusedLinearCrossEntropyLoss (mean over the
+    # tokens that are not ignore_index): loss, d hidden, d weight
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    x, w, y, _, _, _, mask = liger_inputs(B=4, S=300, H=64, V=5000, seed=1)
+    x, w, y, mask = x.cuda(), w.cuda(), y.cuda(), mask.cuda()
+    x1, w1 = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    want = LigerFusedLinearCrossEntropyLoss()(w1, x1.reshape(-1, x.shape[-1]), torch.where(mask > 0, y, -100).reshape(-1))
+    want.backward()
+    x2, w2 = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    from mmr1_kernels import fused_logprobs
+
+    got = -(fused_logprobs(x2, w2, y, chunk_size=256) * mask).sum() / mask.sum()
+    got.backward()
+    assert_rel_close(got, want, TOL, "cross-entropy")
+    assert_rel_close(x2.grad, x1.grad, 1e-4, "d hidden")  # Liger accumulates dW / dX in its own chunk order
+    assert_rel_close(w2.grad, w1.grad, 1e-4, "d weight")
