@@ -20,8 +20,9 @@ from typing import Any, Callable, Iterator, Literal, Optional
 import torch
 from torch import Tensor
 
+from megatron_mmr1.utils.hf_names import Layout, detect_layout, to_hub, to_layout  # noqa: F401 (re-exported)
+
 Kind = Literal["copy", "qkv", "fc1"]
-Layout = Literal["hub", "nested"]
 
 # our layer-local suffix -> (HF suffix(es) under model.layers.{i}., kind, tp split dim)
 _LAYER_MAP: dict[str, tuple[tuple[str, ...], Kind, Optional[int]]] = {
@@ -185,29 +186,3 @@ def _unwrap(chunk):
     while not hasattr(chunk, "language_model") and hasattr(chunk, "module"):
         chunk = chunk.module  # DDP / Float16Module wrappers
     return chunk
-
-
-# ---- key layouts -----------------------------------------------------------------------------------
-
-def to_layout(hub_name: str, layout: Layout) -> str:
-    """Hub name -> the given layout."""
-    if layout == "hub":
-        return hub_name
-    if hub_name.startswith("visual."):
-        return "model." + hub_name
-    if hub_name.startswith("model."):
-        return "model.language_model." + hub_name[len("model."):]
-    return hub_name  # lm_head.weight
-
-
-def to_hub(name: str) -> str:
-    """Any layout -> hub name."""
-    if name.startswith("model.visual."):
-        return name[len("model."):]
-    if name.startswith("model.language_model."):
-        return "model." + name[len("model.language_model."):]
-    return name
-
-
-def detect_layout(names: list[str]) -> Layout:
-    return "nested" if any(n.startswith(("model.language_model.", "model.visual.")) for n in names) else "hub"

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Optional, Sequence
 import torch
 
 from megatron_mmr1.rollout.protocol import SamplingParams
+from megatron_mmr1.utils.hf_names import to_hub, to_layout
 
 logger = logging.getLogger(__name__)
 
@@ -31,20 +32,8 @@ class EngineError(ValueError):
 
 
 def checkpoint_to_module_name(name: str) -> str:
-    """HF checkpoint name -> transformers>=5 module name of Qwen2_5_VLForConditionalGeneration."""
-    if name.startswith("visual."):
-        return "model." + name
-    if name.startswith("model.") and not name.startswith(("model.language_model.", "model.visual.")):
-        return "model.language_model." + name[len("model."):]
-    return name
-
-
-def module_to_checkpoint_name(name: str) -> str:
-    if name.startswith("model.visual."):
-        return name[len("model."):]
-    if name.startswith("model.language_model."):
-        return "model." + name[len("model.language_model."):]
-    return name
+    """HF checkpoint name (either layout) -> transformers>=5 module name of Qwen2_5_VLForConditionalGeneration."""
+    return to_layout(to_hub(name), "nested")
 
 
 def decode_image_data(item: Any) -> Any:
@@ -270,7 +259,7 @@ class LocalEngine:
         return p.detach().float().cpu().numpy().tolist()[:truncate_size]
 
     def parameter_names(self) -> list[str]:
-        return [module_to_checkpoint_name(n) for n in self._params]
+        return [to_hub(n) for n in self._params]
 
     def release_weights(self) -> None:
         """Colocated mode: give the weights' memory back (contents are lost, as with SGLang's saver)."""

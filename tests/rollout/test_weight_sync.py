@@ -14,13 +14,13 @@ import torch
 from megatron_mmr1.config import RolloutConfig
 from megatron_mmr1.data.sample import Sample
 from megatron_mmr1.rollout.client import RolloutClient, RolloutError
-from megatron_mmr1.rollout.engine import module_to_checkpoint_name
 from megatron_mmr1.rollout.weight_sync import (
     DiskWeightSender,
     DistributedWeightSender,
     TensorWeightSender,
     bucket_named_tensors,
 )
+from megatron_mmr1.utils.hf_names import to_hub
 from tests.rollout.helpers import tiny_qwen25vl_config
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,7 +44,7 @@ def new_weights(tok, seed: int):
     m = Qwen2_5_VLForConditionalGeneration(tiny_qwen25vl_config(tok)).eval()
     with torch.no_grad():
         m.lm_head.weight.mul_(20)
-    return m, [(module_to_checkpoint_name(n), p.detach().clone()) for n, p in m.named_parameters()]
+    return m, [(to_hub(n), p.detach().clone()) for n, p in m.named_parameters()]
 
 
 def hf_greedy(model, tok, n_tokens: int = 8) -> list[int]:
