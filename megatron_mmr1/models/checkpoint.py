@@ -141,6 +141,17 @@ def load_hf_weights(model_chunks: list, hf: str | Path | HFCheckpoint) -> None:
                 mpu.get_pipeline_model_parallel_rank(), mpu.get_pipeline_model_parallel_world_size())
 
 
+def write_hf_side_files(dst: Path, src: Optional[Path], config: Optional[dict]) -> None:
+    """Copy the tokenizer / processor / config files of ``src`` (when given) into ``dst``; ``config``
+    (when given) is written as config.json and wins over the copy."""
+    if src is not None:
+        for name in AUX_FILES:
+            if (src / name).is_file():
+                shutil.copy2(src / name, dst / name)
+    if config is not None:
+        (dst / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
 def save_hf(named_tensors: Iterable[tuple[str, Tensor]], out_dir: str | Path, hf_files_from: Optional[Path] = None,
             config: Optional[dict] = None, max_shard_bytes: int = 5 * 1024**3, dtype: Optional[torch.dtype] = None,
             total: Optional[int] = None) -> Path:
@@ -155,12 +166,7 @@ def save_hf(named_tensors: Iterable[tuple[str, Tensor]], out_dir: str | Path, hf
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("model*.safetensors*"):
         old.unlink()
-    if hf_files_from is not None:
-        for name in AUX_FILES:
-            if (hf_files_from / name).is_file():
-                shutil.copy2(hf_files_from / name, out / name)
-    if config is not None:
-        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_hf_side_files(out, hf_files_from, config)
 
     files: list[list[str]] = []
     weight_map: dict[str, str] = {}
@@ -227,12 +233,7 @@ def save_dist(model_chunks: list, ckpt_dir: str | Path, hf_source: Optional[Path
 def write_meta(ckpt: Path, hf_source: Optional[Path], hf_config: Optional[dict], dtype: Optional[torch.dtype]) -> None:
     files = ckpt / HF_FILES_DIR
     files.mkdir(exist_ok=True)
-    if hf_source is not None:
-        for name in AUX_FILES:
-            if (hf_source / name).is_file():
-                shutil.copy2(hf_source / name, files / name)
-    if hf_config is not None:
-        (files / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    write_hf_side_files(files, hf_source, hf_config)
     dtype_name = str(dtype or torch.float32).replace("torch.", "")
     (ckpt / META_FILE).write_text(json.dumps({"format": "megatron_mmr1/qwen2_5_vl", "hf_dtype": dtype_name,
                                               "hf_files": HF_FILES_DIR}, indent=2) + "\n")
