@@ -166,12 +166,18 @@ def _stats_torch(logits: torch.Tensor, targets: torch.Tensor, vocab_start: int, 
     return torch.stack([m, s, b, zt])  # [4, C]
 
 
+def rescale_softmax_stats(m, s, b, M):
+    """(sum e^(z-m), sum e^(z-m)(z-m)) of a part of a row -> the same sums relative to a larger max M,
+    so that parts can be added: the online-softmax step of the Triton kernel, and the TP merge."""
+    a = torch.exp(m - M)
+    return s * a, a * (b + (m - M) * s)
+
+
 def merge_softmax_stats(m1, s1, b1, m2, s2, b2):
-    """Merge two (max m, sum e^(z-m), sum e^(z-m)(z-m)) over disjoint parts of a row: the online
-    softmax step of the Triton kernel, and the TP merge of combine_stats."""
+    """Merge two (max m, sum e^(z-m), sum e^(z-m)(z-m)) over disjoint parts of a row."""
     M = torch.maximum(m1, m2)
-    a1, a2 = torch.exp(m1 - M), torch.exp(m2 - M)
-    return M, s1 * a1 + s2 * a2, a1 * (b1 + (m1 - M) * s1) + a2 * (b2 + (m2 - M) * s2)
+    (s1, b1), (s2, b2) = rescale_softmax_stats(m1, s1, b1, M), rescale_softmax_stats(m2, s2, b2, M)
+    return M, s1 + s2, b1 + b2
 
 
 def _dlogits_torch(logits, targets, lse, zbar, glp, gent, vocab_start: int, inv_temp: float) -> None:
@@ -217,8 +223,7 @@ def combine_stats(stats: torch.Tensor, group=None) -> ChunkStats:
     if group is not None and dist.is_initialized() and dist.get_world_size(group) > 1:
         M = m.clone()
         dist.all_reduce(M, op=dist.ReduceOp.MAX, group=group)
-        _, s_M, b_M = merge_softmax_stats(m, s, b, M, torch.zeros_like(s), torch.zeros_like(b))  # rescaled to M
-        packed = torch.stack([s_M, b_M, zt])  # [3, C]
+        packed = torch.stack([*rescale_softmax_stats(m, s, b, M), zt])  # [3, C]
         dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
         m, (s, b, zt) = M, packed
     log_s = torch.log(s)
