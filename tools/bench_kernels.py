@@ -174,6 +174,15 @@ def run_loss_impl(impl: str, inputs, dev):
     return fn
 
 
+def liger_installed() -> bool:
+    """Liger-Kernel is a third-party column: the benchmark runs without it."""
+    try:
+        import liger_kernel  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _liger_loss(x, w, y, old, ref, adv, mask):
     """Liger's token-mean ("bnpo") GRPO loss with the same clip, KL and temperature (it has no dual clip).
     torch.compile of its loss math on CUDA (Liger's default); eager on CPU, where compiling costs minutes."""
@@ -230,12 +239,7 @@ def bench_loss(shapes, dtype, dev, repeat, rows):
     fpk, bpk, src = device_peaks(dev, dtype)
     print(f"\n== GRPO loss fwd+bwd from hidden states ({dev}, {dtype}; peaks {fpk / 1e12:.3g} TFLOP/s, "
           f"{bpk / 1e9:.0f} GB/s, {src}) ==")
-    try:
-        import liger_kernel  # noqa: F401
-
-        have_liger = True
-    except ImportError:
-        have_liger = False
+    have_liger = liger_installed()
     hdr = f"{'T':>6} {'H':>5} {'V':>7} | {'impl':<9} {'ms':>9} {'peak MB':>9} {'TFLOP/s':>8} {'%peak':>6} " \
           f"{'GB/s':>7} | vs ref"
     print(hdr + "\n" + "-" * len(hdr))
@@ -329,12 +333,7 @@ def bench_logprobs(shapes, dtype, dev, repeat, rows):
           f"({dev}, {dtype}) ==")
     hdr = f"{'T':>6} {'H':>5} {'V':>7} | {'what':<20} {'impl':<9} {'ms':>9} {'peak MB':>9} | vs ref"
     print(hdr + "\n" + "-" * len(hdr))
-    try:
-        import liger_kernel  # noqa: F401
-
-        have_liger = dev == "cuda"
-    except ImportError:
-        have_liger = False
+    have_liger = dev == "cuda" and liger_installed()  # Liger's cross-entropy kernels are Triton-only
     for T, H, V in shapes:
         x, w, y, _, _, _, mask = loss_inputs(T, H, V, dtype, dev)
         run = logprob_impls(x, w, y, mask, dev)
