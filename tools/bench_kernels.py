@@ -130,11 +130,11 @@ def device_peaks(dev: str, dtype: torch.dtype) -> tuple[float, float, str]:
 # ----------------------------------------------------------------------------- 1. GRPO loss
 
 
-def loss_inputs(T, H, V, dtype, dev, seq=1024, meta_only=False):
-    """meta_only: shapes and dtypes only (empty tensors), for the allocation-only memory run."""
+def loss_inputs(T, H, V, dtype, dev, seq=1024):
+    """On the meta device: shapes and dtypes only, for the allocation-only memory run."""
     B = max(1, T // seq)
     S = T // B
-    if meta_only:
+    if dev == "meta":
         f = dict(device="meta")
         return (torch.empty(B, S, H, dtype=dtype, **f), torch.empty(V, H, dtype=dtype, **f),
                 torch.empty(B, S, dtype=torch.int64, **f), *(torch.empty(B, S, **f) for _ in range(4)))
@@ -205,7 +205,7 @@ def bench_loss_memory_meta(shapes, dtype, rows):
            f"without dX, dW: {'ref MB':>7} {'fused MB':>8} {'ratio':>6}")
     print(hdr + "\n" + "-" * len(hdr))
     for T, H, V in shapes:
-        inputs = tuple(t.to("meta") for t in loss_inputs(T, H, V, dtype, "cpu", seq=1024, meta_only=True))
+        inputs = loss_inputs(T, H, V, dtype, "meta")
         mem = {impl: peak_extra_bytes(run_loss_impl(impl, inputs, "meta"), "meta") for impl in ("reference", "fused")}
         grads = (inputs[0].numel() + inputs[1].numel()) * inputs[0].element_size()  # the returned dX and dW
         work = {k: v - grads for k, v in mem.items()}
@@ -295,7 +295,7 @@ def bench_loss(shapes, dtype, dev, repeat, rows):
                  fused_over_liger_time=res["fused"][0] / res["liger"][0] if "liger" in res else None)
 
 
-def logprob_impls(x, w, y, mask, dev):
+def logprob_impls(x, w, y, mask):
     """Log-prob users besides the loss: old / reference log-probs (no grad) and SFT cross-entropy
     (fwd + bwd), by the reference, fused_logprobs, and Liger's fused linear cross-entropy (CUDA only:
     its kernels are Triton without a torch path)."""
@@ -336,7 +336,7 @@ def bench_logprobs(shapes, dtype, dev, repeat, rows):
     have_liger = dev == "cuda" and liger_installed()  # Liger's cross-entropy kernels are Triton-only
     for T, H, V in shapes:
         x, w, y, _, _, _, mask = loss_inputs(T, H, V, dtype, dev)
-        run = logprob_impls(x, w, y, mask, dev)
+        run = logprob_impls(x, w, y, mask)
         for kind in ("logprobs (no grad)", "sft cross-entropy"):
             impls = ["reference", "fused"] + (["liger"] if have_liger and kind == "sft cross-entropy" else [])
             t_ref = None
