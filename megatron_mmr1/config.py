@@ -201,6 +201,8 @@ class AlgorithmConfig:
     """DAPO-style: drop groups whose rewards all agree."""
     kernel_backend: Literal["auto", "triton", "torch", "reference"] = "auto"
     """Fused loss/log-prob path: auto = Triton on CUDA, torch on CPU; reference = full logits (bisecting)."""
+    tis_clip: Optional[float] = None
+    """Truncated importance sampling: weight tokens by min(exp(old - rollout logp), tis_clip); None = off."""
     fused_chunk_size: Optional[int] = None
     """Token rows per chunk of the fused kernels; None = largest power of two with a <= 512 MiB logits buffer."""
 
@@ -255,6 +257,14 @@ class TrainingConfig:
     """Sequences per forward/backward on one rank."""
     eval_interval: Optional[int] = None
     """Steps between evaluations; None = never."""
+    max_tokens_per_micro_batch: Optional[int] = None
+    """Token budget of one packed micro-batch (dynamic batching); None = micro_batch_size sequences."""
+    max_skipped_steps: int = 3
+    """Non-finite loss / grad-norm steps in a row before the run stops (each one is skipped and counted)."""
+    async_rollout: bool = False
+    """GRPO: generate step k+1's rollouts while step k trains (one step off-policy; disaggregated servers)."""
+    log_samples: int = 2
+    """GRPO: sample responses written to TensorBoard text per step."""
 
 
 @dataclass
@@ -289,6 +299,20 @@ class CheckpointConfig:
     """Steps between saves; None = only at the end."""
     keep_last: int = 2
     """Checkpoints kept on disk."""
+    export_hf: Optional[str] = None
+    """Write a Hugging Face checkpoint of the final weights here at the end of the run."""
+
+
+@dataclass
+class EvalConfig:
+    max_samples: Optional[int] = None
+    """Records per validation file (None = all)."""
+    samples: int = 1
+    """Responses per question (k of mean@k / pass@k); 1 = greedy."""
+    temperature: float = 0.0
+    """Sampling temperature of evaluation (0 = greedy)."""
+    max_new_tokens: Optional[int] = None
+    """Response tokens; None = data.max_response_length."""
 
 
 @dataclass
@@ -320,6 +344,7 @@ class RunConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     optim: OptimizerConfig = field(default_factory=OptimizerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self, world_size: Optional[int] = None) -> "RunConfig":
