@@ -1,9 +1,22 @@
-"""Qwen2.5-VL policy on megatron-core: presets, model chunks, HF mapping and checkpoints (docs/model.md)."""
+"""Qwen2.5-VL policy on megatron-core: presets, model chunks, HF mapping and checkpoints (docs/model.md).
 
-from megatron_mmr1.models.checkpoint import CheckpointError, HFCheckpoint, load_dist, load_hf_weights, save_dist
-from megatron_mmr1.models.hf_adapter import iter_hf_state
-from megatron_mmr1.models.qwen2_5_vl import Qwen25VLModel, build_model
-from megatron_mmr1.models.rope_index import get_rope_index
+Exports are lazy (like ``megatron_mmr1.data``): loading a run config reads ``models.presets`` and must
+not import torch and megatron.
+"""
 
-__all__ = ["CheckpointError", "HFCheckpoint", "Qwen25VLModel", "build_model", "get_rope_index", "iter_hf_state",
-           "load_dist", "load_hf_weights", "save_dist"]
+import importlib
+
+_EXPORTS = {
+    "checkpoint": ["CheckpointError", "HFCheckpoint", "load_dist", "load_hf_weights", "save_dist"],
+    "hf_adapter": ["iter_hf_state"],
+    "qwen2_5_vl": ["Qwen25VLModel", "build_model"],
+    "rope_index": ["get_rope_index"],
+}
+_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"megatron_mmr1.models.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'megatron_mmr1.models' has no attribute {name!r}")

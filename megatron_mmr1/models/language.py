@@ -32,11 +32,12 @@ def resolve_dtype(model_cfg: ModelConfig) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[model_cfg.params_dtype]
 
 
-def build_transformer_config(model_cfg: ModelConfig, parallel_cfg: ParallelConfig, **overrides: Any):
-    """megatron ``TransformerConfig`` for the language model of ``model_cfg``."""
+def build_transformer_config(model_cfg: ModelConfig, parallel_cfg: ParallelConfig,
+                             dims: Optional[dict[str, Any]] = None, **overrides: Any):
+    """megatron ``TransformerConfig`` for the language model of ``model_cfg`` (``dims``: already resolved)."""
     from megatron.core.transformer import TransformerConfig
 
-    dims = resolve_model_dims(model_cfg)
+    dims = dims or resolve_model_dims(model_cfg)
     dtype = resolve_dtype(model_cfg)
     on_gpu = torch.cuda.is_available()
     kwargs: dict[str, Any] = dict(
@@ -95,14 +96,16 @@ def build_language_model(
     parallel_cfg: ParallelConfig,
     pre_process: Optional[bool] = None,
     post_process: Optional[bool] = None,
+    dims: Optional[dict[str, Any]] = None,
     **config_overrides: Any,
 ):
-    """One pipeline stage of the language model (megatron decides the stage from parallel_state)."""
+    """One pipeline stage of the language model (megatron decides the stage from parallel_state);
+    ``dims``: the model dims when the caller has resolved them already."""
     from megatron.core import parallel_state as mpu
     from megatron.core.models.gpt import GPTModel
 
-    dims = resolve_model_dims(model_cfg)
-    config = build_transformer_config(model_cfg, parallel_cfg, **config_overrides)
+    dims = dims or resolve_model_dims(model_cfg)
+    config = build_transformer_config(model_cfg, parallel_cfg, dims, **config_overrides)
     if pre_process is None:
         pre_process = mpu.is_pipeline_first_stage()
     if post_process is None:

@@ -15,22 +15,11 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
-from megatron_mmr1.config import ConfigError, ModelConfig, ParallelConfig, RunConfig
+from megatron_mmr1.config import ModelConfig, ParallelConfig, RunConfig, check_parallel_dims
 from megatron_mmr1.models.language import build_language_model, build_transformer_config, resolve_dtype
 from megatron_mmr1.models.presets import resolve_model_dims
 from megatron_mmr1.models.rope_index import get_rope_index, get_rope_index_packed
 from megatron_mmr1.models.vision import build_vision_model, image_embeddings
-
-
-def check_parallel_dims(dims: dict[str, Any], tp: int, pp: int) -> None:
-    """One clear error when TP/PP cannot split this model."""
-    heads, groups, layers = dims["num_attention_heads"], dims["num_query_groups"], dims["num_layers"]
-    for name, value in (("num_attention_heads", heads), ("num_query_groups", groups),
-                        ("ffn_hidden_size", dims["ffn_hidden_size"]), ("vocab_size", dims["vocab_size"])):
-        if value % tp != 0:
-            raise ConfigError(f"parallel.tp={tp} does not divide model {name}={value}")
-    if pp > layers:
-        raise ConfigError(f"parallel.pp={pp} is larger than model num_layers={layers}")
 
 
 def _padding_to_mask(attention_mask: Optional[Tensor]) -> Optional[Tensor]:
@@ -53,15 +42,16 @@ class Qwen25VLModel(torch.nn.Module):
     embeddings), so it drops in wherever megatron expects a GPTModel."""
 
     def __init__(self, model_cfg: ModelConfig, parallel_cfg: ParallelConfig,
-                 pre_process: bool, post_process: bool, init_weights: bool = True):
+                 pre_process: bool, post_process: bool, init_weights: bool = True,
+                 dims: Optional[dict[str, Any]] = None):
         super().__init__()
-        self.dims = resolve_model_dims(model_cfg)
+        self.dims = dims or resolve_model_dims(model_cfg)  # resolved once: it may read config.json
         check_parallel_dims(self.dims, parallel_cfg.tp, parallel_cfg.pp)
         self.pre_process, self.post_process = pre_process, post_process
         self.freeze_vision = model_cfg.freeze_vision
         # init_weights=False skips megatron's random init when weights are loaded right after.
         self.language_model = build_language_model(model_cfg, parallel_cfg, pre_process, post_process,
-                                                   perform_initialization=init_weights)
+                                                   dims=self.dims, perform_initialization=init_weights)
         self.config = self.language_model.config
         self.model_type = self.language_model.model_type
         self.vision_model = None

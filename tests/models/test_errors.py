@@ -50,7 +50,7 @@ def test_other_architecture(hf, tmp_path):
 def test_tp_not_dividing_heads(hf, tmp_path, capsys):
     from megatron_mmr1.models.convert import hf_to_mcore
 
-    with pytest.raises(ConfigError, match="parallel.tp=3 does not divide model num_attention_heads=4"):
+    with pytest.raises(ConfigError, match="parallel.tp=3 does not divide model.num_attention_heads=4"):
         hf_to_mcore(hf, tmp_path / "out", tp=3)
     # The CLI reports it as one line and exit code 2, before starting any rank.
     assert main(["hf-to-mcore", "--hf", str(hf), "--out", str(tmp_path / "out"), "--tp", "3"]) == 2
