@@ -1,0 +1,261 @@
+"""Long-CoT cold-start SFT (MMR1 stage 1) on megatron-core.
+
+One step = ``training.global_batch_size`` conversations (the data order is a pure function of the seed
+and the epoch, so a resumed run replays the same batches), planned into micro-batches by token budget
+(packed rows, no attention across conversations) and balanced over DP ranks; the loss is the token
+mean over the assistant tokens of the whole global batch, through the fused log-prob kernel.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import Any, Optional
+
+import torch
+
+from megatron_mmr1.config import ConfigError, RunConfig
+from megatron_mmr1.parallel import DistInfo
+from megatron_mmr1.training import micro_batches as mbs
+from megatron_mmr1.training.checkpointing import export_hf, load_checkpoint, resolve_load_dir, save_checkpoint
+from megatron_mmr1.training.faults import SkipCounter, StopSignal
+from megatron_mmr1.training.monitor import PhaseTimer, RunMonitor
+from megatron_mmr1.training.setup import (build_optimizer, build_policy, build_scheduler, count_params, current_lr,
+                                          forward_backward, reduce_loss_dicts, sum_metric, train_step, unwrap)
+from megatron_mmr1.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+
+# ---- the loss ------------------------------------------------------------------------------------------
+
+def token_logprobs(cfg: RunConfig, chunk: Any, hidden: torch.Tensor, targets: torch.Tensor,
+                   with_entropy: bool = False, temperature: float = 1.0):
+    """log p(targets) from the last hidden states and the vocab-parallel head (no [T, V] logits)."""
+    from megatron.core import parallel_state as mpu
+    from mmr1_kernels import fused_logprobs
+
+    return fused_logprobs(hidden, chunk.output_layer_weight(), targets.clamp(min=0), temperature=temperature,
+                          tp_group=mpu.get_tensor_model_parallel_group(), with_entropy=with_entropy,
+                          chunk_size=cfg.algorithm.fused_chunk_size, backend=cfg.algorithm.kernel_backend)
+
+
+def sft_loss(cfg: RunConfig, chunk: Any, mb: mbs.MicroBatch, hidden: torch.Tensor):
+    """(sum of -log p over loss tokens, their count, metrics): megatron's per-token-loss contract."""
+    logp = token_logprobs(cfg, chunk, hidden, mb.targets)  # (b, T) fp32
+    loss_sum = -(logp * mb.loss_weight).sum()
+    n = (mb.loss_weight > 0).sum()
+    return loss_sum, n.to(torch.int), {"loss": sum_metric(loss_sum, n)}
+
+
+def make_forward_step(cfg: RunConfig, loss_fn, varlen: bool):
+    """megatron ``forward_step_func`` over :class:`MicroBatch` items; ``loss_fn(cfg, chunk, mb, hidden)``."""
+
+    def forward_step(data_iterator, model):
+        mb = next(data_iterator)
+        chunk = unwrap(model)
+        position_ids, mask, packed = mbs.model_inputs(mb, chunk, varlen)
+        out = model(mb.input_ids, position_ids, mask, pixel_values=mb.pixel_values, image_grid_thw=mb.image_grid_thw,
+                    return_hidden=True, packed_seq_params=packed)
+        return out, partial(loss_fn, cfg, chunk, mb)
+
+    return forward_step
+
+
+def varlen_attention(cfg: RunConfig) -> bool:
+    from megatron_mmr1.models.language import uses_te
+
+    return uses_te(cfg.model)
+
+
+# ---- data ----------------------------------------------------------------------------------------------
+
+def example_to_sequence(ex: Any) -> mbs.TrainSequence:
+    return mbs.TrainSequence(input_ids=torch.as_tensor(ex.input_ids, dtype=torch.long),
+                             targets=mbs.next_token_targets(ex.labels), pixel_values=ex.pixel_values,
+                             image_grid_thw=ex.image_grid_thw)
+
+
+def token_budget(cfg: RunConfig) -> Optional[int]:
+    """Packed micro-batches of this many tokens, or None (micro_batch_size padded rows)."""
+    if cfg.training.max_tokens_per_micro_batch:
+        return cfg.training.max_tokens_per_micro_batch
+    return cfg.data.seq_length if cfg.data.packing else None
+
+
+def build_micro_batches(cfg: RunConfig, dataset: Any, indices: list[int], info: DistInfo, pad_id: int,
+                        pad_multiple: int = 1) -> tuple[list[mbs.MicroBatch], int]:
+    """This rank's micro-batches of the global batch ``indices`` (plan from token counts, fetch only
+    this rank's conversations). Returns (micro-batches, real tokens of the global batch)."""
+    lengths = [int(dataset.lengths[i]) for i in indices]
+    budget = token_budget(cfg)
+    plan = mbs.plan_micro_batches(lengths, info.dp, max_tokens=budget, micro_batch_size=cfg.training.micro_batch_size)
+    mine = plan[info.dp_rank]
+    wanted = [indices[j] for mb in mine for j in mb]
+    fetched = {ex.index: ex for ex in dataset.get_batch(wanted).samples}  # skipped records are absent
+    out = []
+    for mb in mine:
+        ids = [j for j in mb if indices[j] in fetched]
+        seqs = [example_to_sequence(fetched[indices[j]]) for j in ids]
+        if budget is not None:
+            out.append(mbs.pack(seqs, ids, pad_id=pad_id, pad_to_multiple_of=pad_multiple))
+        else:
+            out.append(mbs.pad_rows(seqs, ids, pad_id=pad_id))
+    return [m.to(info.device) for m in out], sum(lengths)
+
+
+class GlobalBatches:
+    """Epoch-ordered global batches of dataset indices; state = (epoch, batches consumed)."""
+
+    def __init__(self, num_items: int, global_batch_size: int, seed: int) -> None:
+        from megatron_mmr1.data.loader import ResumableBatchSampler
+
+        if num_items < global_batch_size:
+            raise ConfigError(f"training.global_batch_size={global_batch_size} is larger than the "
+                              f"{num_items} usable records of data.train_files")
+        self.sampler = ResumableBatchSampler(num_items, global_batch_size, shuffle=True, seed=seed, drop_last=True)
+        self._cache: tuple[int, list] = (-1, [])
+
+    @property
+    def per_epoch(self) -> int:
+        return len(self.sampler.batches(0))
+
+    def next(self) -> list[int]:
+        s = self.sampler
+        if self._cache[0] != s.epoch:
+            self._cache = (s.epoch, s.batches(s.epoch))
+        batches = self._cache[1]
+        if s.start >= len(batches):
+            s.epoch, s.start = s.epoch + 1, 0
+            return self.next()
+        s.start += 1
+        return batches[s.start - 1]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "batches_consumed": self.sampler.start, "seed": self.sampler.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.epoch, self.sampler.start, self.sampler.seed = state["epoch"], state["batches_consumed"], state["seed"]
+
+
+# ---- evaluation ----------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def validation_loss(cfg: RunConfig, chunks: list, dataset: Any, info: DistInfo, pad_id: int, varlen: bool) -> float:
+    """Token-mean loss over the whole validation set (forward only, same micro-batching)."""
+    for c in chunks:
+        c.eval()
+    total, count = 0.0, 0.0
+    g = cfg.training.global_batch_size
+    step = make_forward_step(cfg, sft_loss, varlen)
+    for start in range(0, len(dataset), g):
+        indices = list(range(start, min(len(dataset), start + g)))
+        micro, _ = build_micro_batches(cfg, dataset, indices, info, pad_id)
+        reduced = reduce_loss_dicts(forward_backward(chunks, step, micro, forward_only=True), info.device)
+        total += reduced.get("loss", 0.0) * reduced.get("loss__count", 0.0)
+        count += reduced.get("loss__count", 0.0)
+    for c in chunks:
+        c.train()
+    return total / max(count, 1.0)
+
+
+# ---- the loop ------------------------------------------------------------------------------------------
+
+def run(cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
+    from megatron_mmr1.data.dataset import build_dataset
+    from megatron_mmr1.data.tokenizer import load_tokenizer
+
+    if cfg.data.kind != "sft":
+        raise ConfigError("training.mode=sft needs data.kind=sft (conversation records)")
+    if not cfg.data.train_files:
+        raise ConfigError("training.mode=sft needs data.train_files")
+    tok_path = cfg.model.tokenizer_path or cfg.model.hf_path
+    if not tok_path:
+        raise ConfigError("training.mode=sft needs model.tokenizer_path or model.hf_path")
+    tokenizer = load_tokenizer(tok_path)
+    train_ds = build_dataset(cfg.data, tokenizer)
+    val_ds = build_dataset(cfg.data, tokenizer, files=cfg.data.val_files) if cfg.data.val_files else None
+    pad_id = getattr(train_ds.formatter, "endoftext_id", 0) or 0
+    batches = GlobalBatches(len(train_ds), cfg.training.global_batch_size, cfg.data.seed)
+    total = cfg.training.epochs * batches.per_epoch if cfg.training.epochs else cfg.training.train_iters
+    varlen = varlen_attention(cfg)
+
+    chunks = build_policy(cfg)
+    optimizer = build_optimizer(cfg, chunks)
+    scheduler = build_scheduler(cfg, optimizer, total)
+    skips = SkipCounter(cfg.training.max_skipped_steps)
+    start, tokens_seen = 0, 0
+    load_dir = resolve_load_dir(cfg.checkpoint.load) if cfg.checkpoint.load else None
+    if load_dir is not None:
+        meta = load_checkpoint(load_dir, chunks, optimizer, scheduler)
+        start = int(meta["step"])
+        batches.load_state_dict(meta["trainer"]["data"])
+        skips.load_state_dict(meta["trainer"]["skips"])
+        tokens_seen = int(meta["trainer"].get("tokens_seen", 0))
+    logger.info("SFT: %d conversations, %d steps (%d per epoch) from step %d, %.2fM params/rank, tp=%d pp=%d dp=%d, "
+                "%s micro-batches", len(train_ds), total, batches.per_epoch, start,
+                count_params(chunks) / 1e6, info.tp, info.pp, info.dp,
+                f"packed to {token_budget(cfg)} tokens" if token_budget(cfg) else
+                f"{cfg.training.micro_batch_size}-sequence")
+
+    def trainer_state() -> dict:
+        return {"data": batches.state_dict(), "skips": skips.state_dict(), "tokens_seen": tokens_seen}
+
+    def save(step: int) -> None:
+        if cfg.checkpoint.save:
+            save_checkpoint(cfg, step, chunks, optimizer, scheduler, trainer_state(), hf_source=cfg.model.hf_path)
+
+    monitor = RunMonitor(cfg, info.rank, total, start, desc="sft")
+    forward_step = make_forward_step(cfg, sft_loss, varlen)
+    timer = PhaseTimer()
+    val_first = None
+    if val_ds is not None:
+        val_first = validation_loss(cfg, chunks, val_ds, info, pad_id, varlen)
+        monitor.scalars({"loss": val_first}, start, prefix="val/")
+        monitor.write(f"validation loss at step {start}: {val_first:.4f}")
+    step = start
+    interrupted = False
+    with StopSignal() as stop:
+        while step < total:
+            t0 = time.perf_counter()
+            with timer("data"):
+                micro, real_tokens = build_micro_batches(cfg, train_ds, batches.next(), info, pad_id)
+            with timer("train"):
+                result = train_step(cfg, chunks, optimizer, scheduler, forward_step, micro, info.device)
+            step += 1
+            skips.update(result.skipped, step, result.loss, result.grad_norm)
+            tokens_seen += real_tokens
+            dt = time.perf_counter() - t0
+            metrics = {"loss": result.loss, "lr": current_lr(optimizer), "grad_norm": result.grad_norm,
+                       "tokens_per_s": real_tokens / max(dt, 1e-9), "tokens": real_tokens,
+                       "loss_tokens": result.num_tokens, "micro_batches": len(micro),
+                       "skipped_steps": skips.total, "step_s": dt,
+                       **{f"time/{k}_s": v for k, v in timer.pop().items()}}
+            monitor.step(step, metrics, ("loss", "grad_norm", "lr", "tokens_per_s"))
+            if val_ds is not None and cfg.training.eval_interval and step % cfg.training.eval_interval == 0 \
+                    and step < total:
+                val = validation_loss(cfg, chunks, val_ds, info, pad_id, varlen)
+                monitor.scalars({"loss": val}, step, prefix="val/")
+                monitor.write(f"validation loss at step {step}: {val:.4f}")
+            if stop.should_stop(info.device):
+                interrupted = True
+                break
+            if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 and step < total:
+                save(step)
+    if interrupted:
+        save(step)
+        monitor.write(f"interrupted at step {step}/{total}" +
+                      (f"; checkpoint saved in {cfg.checkpoint.save}" if cfg.checkpoint.save else
+                       " (checkpoint.save is not set: nothing saved)"))
+        return monitor.summary({"interrupted_at": step, "tokens_seen": tokens_seen}, ("loss",))
+    val_last = validation_loss(cfg, chunks, val_ds, info, pad_id, varlen) if val_ds is not None else None
+    if val_last is not None:
+        monitor.scalars({"loss": val_last}, step, prefix="val/")
+    if step > start:
+        save(step)
+    if cfg.checkpoint.export_hf:
+        export_hf(cfg, chunks, cfg.checkpoint.export_hf)
+    extra = {"steps": step, "tokens_seen": tokens_seen, "skipped_steps": skips.total}
+    if val_first is not None:
+        extra.update(val_loss_first=val_first, val_loss_last=val_last)
+    return monitor.summary(extra, ("loss", "step_s", "tokens_per_s"), window=max(1, min(5, (step - start) // 4)))
