@@ -57,6 +57,7 @@ setup(
         "console_scripts": [
             "mmr1-train=megatron_mmr1.train:main",
             "mmr1-convert=megatron_mmr1.models.convert:main",
+            "mmr1-eval=megatron_mmr1.eval.cli:main",
         ]
     },
 )
