@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_mmr1.config import ConfigError, RunConfig, field_docs, load_config
+from megatron_mmr1.config import ConfigError, RunConfig, dump_yaml, field_docs, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples" / "configs").glob("*.yaml"))
@@ -105,3 +105,47 @@ def test_full_size_configs_fit_their_clusters(size, world_size):
     assert cfg.model.preset == f"qwen2.5-vl-{size}"
     with pytest.raises(ConfigError, match="world size"):
         load_config(REPO / "examples" / "configs" / f"mmr1_grpo_{size}.yaml", world_size=world_size + 1)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_print_config_needs_no_cluster(path, monkeypatch, capsys):
+    """--print-config on one CPU process prints every shipped config (they are sized for 8-32 GPUs)."""
+    import yaml
+
+    from megatron_mmr1.train import main
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert main(["--config", str(path), "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == yaml.safe_load(dump_yaml(load_config(path)))
+
+
+def test_help_config_lists_every_key_with_its_doc(capsys):
+    import dataclasses
+
+    from megatron_mmr1.train import main
+
+    assert main(["--help-config"]) == 0
+    out = capsys.readouterr().out
+
+    def leaves(cls, prefix=""):
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(f.default_factory() if f.default_factory is not dataclasses.MISSING else None):
+                yield from leaves(f.default_factory, f"{prefix}{f.name}.")
+            else:
+                yield f"{prefix}{f.name}", docs[f.name]
+
+    keys = list(leaves(RunConfig))
+    assert len(keys) > 100
+    for key, doc in keys:
+        assert f"\n{key} = " in "\n" + out, key
+        assert doc in out, key
+
+
+def test_loading_a_config_imports_neither_torch_nor_megatron():
+    code = ("import sys; from megatron_mmr1.config import load_config; "
+            "load_config('examples/configs/mmr1_grpo_7b.yaml'); import megatron_mmr1.train; "
+            "print(sorted(m for m in ('torch', 'megatron') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]"

@@ -5,31 +5,56 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Iterable, Optional
+from pathlib import Path
+from typing import Any, Iterable, Optional, TextIO
 
 _FORMAT = "[%(asctime)s rank{rank}] %(levelname)s %(name)s: %(message)s"
 _configured = False
 
 
 def _rank() -> int:
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank()
-    except Exception:  # pragma: no cover - torch always importable here
-        pass
+    """The process-group rank once torch.distributed is up, torchrun's RANK before (never imports torch:
+    the entry point logs before its heavy imports)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
     return int(os.environ.get("RANK", "0"))
 
 
-def setup_logging(level: str = "INFO", all_ranks: bool = False) -> None:
-    """Configure the ``megatron_mmr1`` logger once; ranks other than 0 log warnings only."""
+class TqdmHandler(logging.StreamHandler):
+    """Writes each record through ``tqdm.write``: an active progress bar is cleared, the line printed,
+    and the bar redrawn below it, instead of the line being glued to the bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:  # logging must never raise into the caller
+            self.handleError(record)
+
+
+def setup_logging(level: str = "INFO", all_ranks: bool = False, log_file: Optional[str | Path] = None,
+                  stream: Optional[TextIO] = None) -> None:
+    """Configure the ``megatron_mmr1`` logger; ranks other than 0 log warnings only.
+
+    Lines go to ``stream`` (stdout) through tqdm, and, with ``log_file``, are appended to that file too
+    (the run's ``train.log``; written by the calling rank only).
+    """
     global _configured
     root = logging.getLogger("megatron_mmr1")
     rank = _rank()
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter(_FORMAT.format(rank=rank), datefmt="%H:%M:%S"))
-    root.handlers[:] = [handler]
+    formatter = logging.Formatter(_FORMAT.format(rank=rank), datefmt="%H:%M:%S")
+    handlers: list[logging.Handler] = [TqdmHandler(stream or sys.stdout)]
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    for h in root.handlers:
+        h.close()
+    for h in handlers:
+        h.setFormatter(formatter)
+    root.handlers[:] = handlers
     root.setLevel(level if (rank == 0 or all_ranks) else max(logging.WARNING, logging.getLevelName(level)))
     root.propagate = False
     _configured = True
