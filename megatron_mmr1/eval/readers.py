@@ -105,7 +105,7 @@ def gold_letters(answer: str) -> Optional[str]:
     one = choice_letter(s) if len(s) <= 3 else None
     if one is not None:
         return one
-    parts = [p for p in re.split(r"[\s,;/&]+|and", s) if p]
+    parts = [p for p in re.split(r"[\s,;/&]+|\band\b", s) if p]
     if parts and all(re.fullmatch(r"\(?[A-J]\)?", p) for p in parts):
         return "".join(sorted({p.strip("()") for p in parts}))
     return None

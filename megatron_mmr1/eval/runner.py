@@ -53,9 +53,8 @@ async def _generate_all(client: RolloutClient, make: Callable[[int], Sample], n:
         try:
             samples = await client.agenerate([make(i) for i in idx], **sampling)
         except RolloutError as e:
-            if len(idx) > 1:  # find the culprit: one prompt at a time
-                for i in idx:
-                    await run(range(i, i + 1))
+            if len(idx) > 1:  # find the culprit: each prompt of the chunk on its own
+                await asyncio.gather(*(run(range(i, i + 1)) for i in idx))
                 return
             await client.check_health()  # raises when no server is left: that stops the evaluation
             out[idx[0]] = str(e)
