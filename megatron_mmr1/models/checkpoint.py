@@ -41,7 +41,32 @@ def hf_dtype(config: dict) -> torch.dtype:
 
 
 class CheckpointError(ValueError):
-    """A checkpoint directory cannot be used; the message names the path and the problem."""
+    """A checkpoint directory cannot be used; the message names the path (and tensor) and the problem.
+
+    ``rank_specific``: only this rank can see it (a tensor of its own TP/PP shard), so each failing rank
+    reports it; otherwise every rank finds the same problem and rank 0 speaks for all.
+    """
+
+    def __init__(self, message: str, rank_specific: bool = False):
+        super().__init__(message)
+        self.rank_specific = rank_specific
+
+
+def _brief(e: BaseException) -> str:
+    """``Type: first line`` of an exception from a library, for one-line reports."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:300]}"
+
+
+def _safe_open(path: Path):
+    """safetensors handle; a truncated or foreign file is a CheckpointError naming it (safetensors'
+    own error does not say which file)."""
+    from safetensors import safe_open
+
+    try:
+        return safe_open(str(path), "pt")
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_brief(e)})") from None
 
 
 class HFCheckpoint:
@@ -62,8 +87,6 @@ class HFCheckpoint:
         self._handles: dict[str, Any] = {}
 
     def _weight_map(self) -> dict[str, str]:
-        from safetensors import safe_open
-
         index = self.path / "model.safetensors.index.json"
         if index.is_file():
             try:
@@ -74,13 +97,19 @@ class HFCheckpoint:
             if missing:
                 raise CheckpointError(f"{self.path}: shard file(s) {', '.join(missing)} listed in "
                                       f"{index.name} do not exist")
+            for f in sorted(set(weight_map.values())):  # headers only: a truncated shard fails here, named
+                with _safe_open(self.path / f) as h:
+                    absent = sorted(set(k for k, v in weight_map.items() if v == f) - set(h.keys()))
+                if absent:
+                    raise CheckpointError(f"{self.path / f}: tensor {absent[0]} listed in {index.name} is not in "
+                                          f"this file ({len(absent)} missing)")
             return dict(weight_map)
         files = sorted(self.path.glob("*.safetensors"))
         if not files:
             raise CheckpointError(f"{self.path}: no *.safetensors weight files (and no model.safetensors.index.json)")
         weight_map = {}
         for f in files:
-            with safe_open(str(f), "pt") as h:
+            with _safe_open(f) as h:
                 weight_map.update({k: f.name for k in h.keys()})
         return weight_map
 
@@ -92,10 +121,8 @@ class HFCheckpoint:
         return hub_name in self._hub_to_stored
 
     def _handle(self, file: str):
-        from safetensors import safe_open
-
         if file not in self._handles:
-            self._handles[file] = safe_open(str(self.path / file), "pt")
+            self._handles[file] = _safe_open(self.path / file)
         return self._handles[file]
 
     def read(self, hub_name: str, dim: Optional[int] = None, start: int = 0, stop: int = 0) -> Tensor:
@@ -103,12 +130,16 @@ class HFCheckpoint:
         stored = self._hub_to_stored.get(hub_name)
         if stored is None:
             raise CheckpointError(f"{self.path}: tensor {hf_adapter.to_layout(hub_name, self.layout)} is missing "
-                                  "from the checkpoint's safetensors files")
-        sl = self._handle(self.weight_map[stored]).get_slice(stored)
-        if dim is None:
-            return sl[:]
-        index = (slice(None),) * dim + (slice(start, stop),)
-        return sl[index]
+                                  "from the checkpoint's safetensors files", rank_specific=True)
+        file = self.path / self.weight_map[stored]
+        handle = self._handle(self.weight_map[stored])
+        try:
+            sl = handle.get_slice(stored)
+            if dim is None:
+                return sl[:]
+            return sl[(slice(None),) * dim + (slice(start, stop),)]
+        except Exception as e:  # the index names a tensor this file lacks, or its bytes are bad
+            raise CheckpointError(f"{file}: tensor {stored} cannot be read ({_brief(e)})", rank_specific=True) from None
 
     def names(self) -> list[str]:
         """Hub names of all tensors."""
@@ -132,10 +163,18 @@ def load_hf_weights(model_chunks: list, hf: str | Path | HFCheckpoint) -> None:
         qkv = hf_adapter.qkv_shape(chunk)
         for m in hf_adapter.param_mappings(chunk):
             p = params[m.param]
-            value = hf_adapter.shard_from_hf(m, ckpt.read, tuple(p.shape), tp, tp_rank, qkv)
+            try:
+                value = hf_adapter.shard_from_hf(m, ckpt.read, tuple(p.shape), tp, tp_rank, qkv)
+            except (RuntimeError, ValueError) as e:
+                if isinstance(e, CheckpointError):
+                    raise
+                raise CheckpointError(f"{ckpt.path}: {', '.join(m.hf)} do not fit {m.param} of shape "
+                                      f"{tuple(p.shape)} (tp={tp}; {_brief(e)}); config.json and weights disagree",
+                                      rank_specific=True) from None
             if tuple(value.shape) != tuple(p.shape):
                 raise CheckpointError(f"{ckpt.path}: {', '.join(m.hf)} gives shape {tuple(value.shape)} for "
-                                      f"{m.param} of shape {tuple(p.shape)} (tp={tp}); config.json and weights disagree")
+                                      f"{m.param} of shape {tuple(p.shape)} (tp={tp}); config.json and weights disagree",
+                                      rank_specific=True)
             p.copy_(value.to(p.dtype))
     logger.info("loaded %s (tp rank %d/%d, pp rank %d/%d)", ckpt.path, tp_rank, tp,
                 mpu.get_pipeline_model_parallel_rank(), mpu.get_pipeline_model_parallel_world_size())
@@ -247,20 +286,69 @@ def read_meta(ckpt_dir: str | Path) -> dict:
     if not meta.is_file():
         raise CheckpointError(f"{ckpt}: no {META_FILE} (not written by mmr1-convert/save_dist); pass --hf-config "
                               "with the model's Hugging Face config dir")
-    out = json.loads(meta.read_text())
+    try:
+        out = json.loads(meta.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{meta}: not valid JSON ({e})") from None
     out["hf_files_dir"] = ckpt / out.get("hf_files", HF_FILES_DIR)
     out["dtype"] = _DTYPES.get(out.get("hf_dtype", "float32"), torch.float32)
     return out
 
 
-def load_dist(model_chunks: list, ckpt_dir: str | Path) -> None:
-    """Collective: load a megatron dist checkpoint saved under any TP/PP into these chunks."""
-    from megatron.core import dist_checkpointing
+def check_dist_checkpoint(ckpt_dir: str | Path, sharded: Optional[dict] = None) -> None:
+    """What loading will need, checked before megatron reads a byte: the index (``.metadata``), every
+    shard file it lists at its full length, and (given this rank's sharded state dict) each tensor's
+    presence and global shape. Every rank finds the same problem, named with its file or tensor."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     ckpt = Path(ckpt_dir)
     if not (ckpt / "metadata.json").is_file():
         raise CheckpointError(f"{ckpt}: not a megatron dist checkpoint (no metadata.json)")
-    state = dist_checkpointing.load(sharded_state_dict(model_chunks), str(ckpt))
-    states = [state] if len(model_chunks) == 1 else [state[f"model{i}"] for i in range(len(model_chunks))]
-    for chunk, own in zip(model_chunks, states):
-        _unwrap(chunk).load_state_dict(own, strict=True)
+    try:
+        meta = FileSystemReader(str(ckpt)).read_metadata()
+    except Exception as e:
+        raise CheckpointError(f"{ckpt / '.metadata'}: unreadable checkpoint index ({_brief(e)})") from None
+    need: dict[str, int] = {}  # shard file -> bytes the index says it holds
+    for info in meta.storage_data.values():
+        need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
+    for rel, size in sorted(need.items()):
+        f = ckpt / rel
+        if not f.is_file():
+            raise CheckpointError(f"{f}: shard file listed in the checkpoint index is missing")
+        if f.stat().st_size < size:
+            raise CheckpointError(f"{f}: truncated shard file ({f.stat().st_size} bytes, the index needs {size})")
+    if sharded is None:
+        return
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    for sh in nested_values(sharded):
+        if not isinstance(sh, ShardedTensor):
+            continue
+        found = meta.state_dict_metadata.get(sh.key)
+        if found is None:
+            raise CheckpointError(f"{ckpt}: tensor {sh.key} is missing from the checkpoint")
+        if isinstance(found, TensorStorageMetadata) and tuple(found.size) != tuple(sh.global_shape):
+            raise CheckpointError(f"{ckpt}: tensor {sh.key} has shape {tuple(found.size)} in the checkpoint, the "
+                                  f"model expects {tuple(sh.global_shape)} (another model size or config?)")
+
+
+def load_dist(model_chunks: list, ckpt_dir: str | Path) -> None:
+    """Collective: load a megatron dist checkpoint saved under any TP/PP into these chunks.
+
+    Files and shapes are checked first (:func:`check_dist_checkpoint`); anything megatron still
+    rejects is a :class:`CheckpointError` naming the directory.
+    """
+    from megatron.core import dist_checkpointing
+
+    ckpt = Path(ckpt_dir)
+    sharded = sharded_state_dict(model_chunks)
+    check_dist_checkpoint(ckpt, sharded)
+    try:
+        state = dist_checkpointing.load(sharded, str(ckpt))
+        states = [state] if len(model_chunks) == 1 else [state[f"model{i}"] for i in range(len(model_chunks))]
+        for chunk, own in zip(model_chunks, states):
+            _unwrap(chunk).load_state_dict(own, strict=True)
+    except Exception as e:
+        raise CheckpointError(f"{ckpt}: cannot be loaded into this model ({_brief(e)})") from e

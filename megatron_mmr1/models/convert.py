@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Iterator, Optional
@@ -26,6 +27,10 @@ from megatron_mmr1.models.checkpoint import (CheckpointError, HFCheckpoint, hf_d
 from megatron_mmr1.models.hf_adapter import iter_hf_state as _iter_hf_state
 from megatron_mmr1.models.hf_adapter import param_mappings
 from megatron_mmr1.models.presets import read_hf_config
+from megatron_mmr1.utils.procs import (Interrupted, die_with_parent, join_or_stop, launched_by_torchrun,
+                                       signals_raise_interrupted)
+
+EXIT_USER_ERROR = 2
 
 __all__ = ["iter_hf_state", "hf_to_mcore", "mcore_to_hf", "main"]
 
@@ -60,13 +65,21 @@ def hf_to_mcore_rank(hf_dir: str, out_dir: str, tp: int, pp: int) -> None:
     save_dist(chunks, out_dir, hf_source=ckpt.path, dtype=ckpt.dtype)
 
 
-def _rank_entry(rank: int, world: int, port: int, hf_dir: str, out_dir: str, tp: int, pp: int) -> None:
+def _rank_entry(rank: int, world: int, port: int, hf_dir: str, out_dir: str, tp: int, pp: int, parent: int,
+                errors) -> None:
+    """A spawned rank: dies with the command, leaves Ctrl-C to it, and hands a user error (missing or
+    bad tensor of its shard) to the parent as one message instead of a traceback."""
+    die_with_parent(expected_parent=parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the ranks
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from megatron_mmr1 import parallel
 
     try:
         hf_to_mcore_rank(hf_dir, out_dir, tp, pp)
+    except (CheckpointError, ConfigError) as e:
+        errors.put((rank, type(e).__name__, str(e)))
+        sys.exit(EXIT_USER_ERROR)
     finally:
         parallel.destroy()
 
@@ -84,19 +97,28 @@ def hf_to_mcore(hf_dir: str | Path, out_dir: str | Path, tp: int = 1, pp: int = 
         if int(os.environ["WORLD_SIZE"]) != world:
             raise ConfigError(f"hf-to-mcore --tp {tp} --pp {pp} needs {world} ranks, torchrun gave "
                               f"{os.environ['WORLD_SIZE']}")
+        if launched_by_torchrun():
+            die_with_parent()
         hf_to_mcore_rank(str(hf_dir), str(out), tp, pp)
         return out
     _check_out_dir(out)
     ctx = torch.multiprocessing.get_context("spawn")
     port = free_port()
-    procs = [ctx.Process(target=_rank_entry, args=(r, world, port, str(hf_dir), str(out), tp, pp))
+    errors = ctx.SimpleQueue()
+    procs = [ctx.Process(target=_rank_entry, args=(r, world, port, str(hf_dir), str(out), tp, pp, os.getpid(), errors))
              for r in range(world)]
     for p in procs:
         p.start()
-    for p in procs:
-        p.join()
-    failed = [r for r, p in enumerate(procs) if p.exitcode != 0]
+    codes = join_or_stop(procs)  # the first failed rank stops the others (they would wait in a collective)
+    failed = sorted(r for r, code in codes.items() if code != 0)
     if failed:
+        reported = []
+        while not errors.empty():
+            reported.append(errors.get())
+        if reported:
+            rank, kind, message = min(reported)
+            error = ConfigError if kind == "ConfigError" else CheckpointError
+            raise error(message + (f" (and {len(reported) - 1} more rank(s))" if len(reported) > 1 else ""))
         raise RuntimeError(f"hf-to-mcore failed on rank(s) {failed} (see their tracebacks above)")
     return out
 
@@ -161,13 +183,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     b.add_argument("--max-shard-size", default="5GB", help="safetensors shard size, e.g. 5GB")
     args = parser.parse_args(argv)
     try:
-        if args.cmd == "hf-to-mcore":
-            out = hf_to_mcore(args.hf, args.out, args.tp, args.pp)
-        else:
-            out = mcore_to_hf(args.ckpt, args.out, args.hf_config, args.layout, _size(args.max_shard_size))
+        with signals_raise_interrupted():  # SIGINT/SIGTERM: stop the ranks, one line, 128 + signal
+            if args.cmd == "hf-to-mcore":
+                out = hf_to_mcore(args.hf, args.out, args.tp, args.pp)
+            else:
+                out = mcore_to_hf(args.ckpt, args.out, args.hf_config, args.layout, _size(args.max_shard_size))
     except (CheckpointError, ConfigError) as e:
         print(f"mmr1-convert: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
+    except Interrupted as e:
+        print(f"mmr1-convert: stopped by {e.name}; {args.out} is incomplete", file=sys.stderr)
+        return e.exit_code
     print(f"mmr1-convert: wrote {out}")
     return 0
 
