@@ -1,18 +1,26 @@
-"""Per-GPU parameter / gradient / optimizer-state bytes of a Qwen2.5-VL layout (no model is built).
+"""Per-GPU bytes of a Qwen2.5-VL layout (no model is built): parameters, gradients, optimizer state,
+activations, reference weights and the rollout servers' KV cache.
 
 Counts follow how this project shards the model: LM matrices split over TP (vocab rows, QKV/fc1 rows,
 proj/fc2 columns), norms replicated, layers split over PP, vision tower replicated on the first stage,
 and with tied embeddings under PP the last stage keeps a copy of the embedding as its output layer.
 Bytes: bf16 params (2), fp32 grads (4, ``grad_reduce_in_fp32``), Adam fp32 master + m + v (12),
-the last divided by DP with the distributed optimizer. Activations depend on sequence length and
-recompute and are not included.
+the last divided by DP with the distributed optimizer.
+
+Activations (bf16, sequence parallel on, flash attention, packed micro-batches of a token budget)
+count what autograd keeps per token and layer: the two norm inputs, the QKV and fc1 inputs, Q/K/V,
+the attention output, the fc1 output (gate and up) and the SwiGLU output, i.e.
+``12h + 4*groups*head_dim + 6f`` bytes, divided by TP. Full recompute keeps only each layer's input
+(``2h / TP``) plus one layer's working set. The vision tower (replicated, not TP-split) is counted
+the same way per patch; megatron's selective recompute saves nothing more than flash attention
+already does, so it counts as ``None`` for the LM, while any recompute checkpoints the vision blocks
+(``models/vision.py``). Under 1F1B pipelining stage s holds ``pp - s`` micro-batches in flight.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 
 def vision_params(dims: dict[str, Any]) -> int:
@@ -50,7 +58,7 @@ def stage_params(dims: dict[str, Any], tp: int, pp: int, vision: int | None = No
     """Parameters held by one GPU of each pipeline stage (TP shard), first stage first."""
     vision = vision_params(dims) if vision is None else vision
     layers = dims["num_layers"]
-    per_stage = [layers // pp + (1 if s < layers % pp else 0) for s in range(pp)]
+    per_stage = stage_layers(layers, pp)
     emb = dims["vocab_size"] * dims["hidden_size"] // tp
     out = []
     for s, n in enumerate(per_stage):
@@ -65,6 +73,128 @@ def stage_params(dims: dict[str, Any], tp: int, pp: int, vision: int | None = No
     return out
 
 
+GIB = 1024**3
+LOGITS_WORKSPACE = 1 * GIB
+"""Fused loss / log-prob workspace on the last stage: a <= 512 MiB fp32 logits chunk and its gradient."""
+FRAMEWORK_OVERHEAD = 4 * GIB
+"""CUDA context, NCCL buffers and caching-allocator slack per GPU (an allowance, not a measurement)."""
+
+
+def head_dim(dims: dict[str, Any]) -> int:
+    return dims["hidden_size"] // dims["num_attention_heads"]
+
+
+def lm_layer_activation_bytes(dims: dict[str, Any], tp: int) -> float:
+    """Bytes one LM layer keeps per token for backward (bf16, sequence parallel, flash attention)."""
+    h, f = dims["hidden_size"], dims["ffn_hidden_size"]
+    return (12 * h + 4 * dims["num_query_groups"] * head_dim(dims) + 6 * f) / tp
+
+
+def vision_block_activation_bytes(dims: dict[str, Any]) -> float:
+    """Bytes one vision block keeps per patch (replicated over TP; full multi-head attention)."""
+    v = dims["vision"]
+    return 16 * v["vision_hidden_size"] + 6 * v["vision_intermediate_size"]
+
+
+def kv_bytes_per_token(dims: dict[str, Any], tp: int = 1) -> float:
+    """bf16 K and V of every layer for one token on one GPU of a TP ``tp`` server (KV heads split
+    over TP, replicated once TP exceeds them, as SGLang does)."""
+    groups_per_gpu = max(dims["num_query_groups"] // tp, 1)
+    return 2 * 2 * dims["num_layers"] * groups_per_gpu * head_dim(dims)
+
+
+@dataclass
+class MicroBatchShape:
+    tokens: int
+    """LM tokens in one packed micro-batch (training.max_tokens_per_micro_batch)."""
+    patches: int
+    """Vision patches in it (4 per image token with Qwen2.5-VL's 2x2 merge)."""
+    count: int
+    """Micro-batches per optimizer step on one DP rank (caps the 1F1B in-flight count)."""
+
+
+def activation_bytes(dims: dict[str, Any], tp: int, pp: int, stage: int, mb: MicroBatchShape,
+                     recompute: Optional[str], train_vision: bool = True) -> float:
+    """Peak activation bytes of one GPU of pipeline ``stage`` during 1F1B training."""
+    layers = stage_layers(dims["num_layers"], pp)[stage]
+    per_token_layer = lm_layer_activation_bytes(dims, tp)
+    if recompute == "full":
+        stored = mb.tokens * layers * 2 * dims["hidden_size"] / tp
+        working = mb.tokens * per_token_layer
+    else:
+        stored, working = mb.tokens * layers * per_token_layer, 0.0
+    if stage == 0 and train_vision:  # a frozen tower runs without autograd: nothing kept
+        v = dims["vision"]
+        block = vision_block_activation_bytes(dims)
+        if recompute is not None:  # any recompute checkpoints the vision blocks (models/vision.py)
+            stored += mb.patches * v["vision_depth"] * 2 * v["vision_hidden_size"]
+            working += mb.patches * block
+        else:
+            stored += mb.patches * v["vision_depth"] * block
+    in_flight = max(min(pp - stage, mb.count), 1)
+    return in_flight * stored + working
+
+
+def stage_layers(layers: int, pp: int) -> list[int]:
+    """LM layers per pipeline stage (the first stages take the remainder)."""
+    return [layers // pp + (1 if s < layers % pp else 0) for s in range(pp)]
+
+
+@dataclass
+class TrainerMemory:
+    """Bytes on one GPU of one pipeline stage, by part."""
+
+    stage: int
+    params: int
+    weights: float
+    """bf16 parameters."""
+    grads: float
+    """fp32 main-gradient buffer (grad_reduce_in_fp32)."""
+    optimizer: float
+    """fp32 master weights + Adam m and v, sharded over DP (distributed optimizer)."""
+    activations: float
+    logits: float
+    """Fused loss / log-prob workspace (last stage)."""
+    reference: float
+    """Reference-policy weights while swapped in for the reference forward (0 on GPU while idle: kept on CPU)."""
+    overhead: float = FRAMEWORK_OVERHEAD
+
+    @property
+    def resident(self) -> float:
+        """What stays allocated between phases (weights, grads, optimizer)."""
+        return self.weights + self.grads + self.optimizer
+
+    @property
+    def train_peak(self) -> float:
+        return self.resident + self.activations + self.logits + self.overhead
+
+    @property
+    def reference_peak(self) -> float:
+        """During the no-grad reference forward, with the reference weights beside the policy's."""
+        return self.resident + self.reference + self.overhead
+
+    @property
+    def peak(self) -> float:
+        return max(self.train_peak, self.reference_peak)
+
+
+def trainer_memory(dims: dict[str, Any], tp: int, pp: int, dp: int, mb: MicroBatchShape,
+                   recompute: Optional[str], train_vision: bool = True, use_reference: bool = True,
+                   distributed_optimizer: bool = True, vision: Optional[int] = None) -> TrainerMemory:
+    """The stage with the highest peak of a TP x PP x DP trainer."""
+    vision = vision_params(dims) if vision is None else vision
+    out = []
+    for s in stage_params(dims, tp, pp, vision):
+        trained = s.params - (vision if s.stage == 0 and not train_vision else 0)
+        b = StageMemory(s.stage, trained).bytes(dp, distributed_optimizer)
+        out.append(TrainerMemory(
+            stage=s.stage, params=s.params, weights=2 * s.params, grads=b["grads"], optimizer=b["optimizer"],
+            activations=activation_bytes(dims, tp, pp, s.stage, mb, recompute, train_vision),
+            logits=LOGITS_WORKSPACE if s.stage == pp - 1 else 0.0,
+            reference=2 * s.params if use_reference else 0.0))
+    return max(out, key=lambda m: m.peak)
+
+
 # Example layouts (GPUs = tp * pp * dp), one per size.
 EXAMPLE_LAYOUTS = {
     "qwen2.5-vl-3b": (2, 1, 4),
@@ -75,18 +205,23 @@ EXAMPLE_LAYOUTS = {
 
 
 def table(layouts: dict[str, tuple[int, int, int]] = EXAMPLE_LAYOUTS) -> str:
-    """Markdown table of the worst (largest) stage per layout, in GiB."""
+    """Markdown table of the worst (largest) stage per layout, in GiB.
+
+    The reference policy (``algorithm.use_kl_loss``) is frozen bf16 weights of the same shards: kept
+    in CPU memory and swapped in only for the reference forward, so it costs no GPU memory while
+    idle; the last column gives its size (the CPU copy, and the GPU bytes during that forward).
+    """
     from megatron_mmr1.config import ModelConfig
     from megatron_mmr1.models.presets import resolve_model_dims
 
-    gib = 1024**3
-    rows = ["| model | TP x PP x DP (GPUs) | params/GPU | bf16 weights | fp32 grads | Adam (dist. opt.) | total |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| model | TP x PP x DP (GPUs) | params/GPU | bf16 weights | fp32 grads | Adam (dist. opt.) | total | "
+            "reference weights (GPU idle / CPU, swapped in) |",
+            "|---|---|---|---|---|---|---|---|"]
     for preset, (tp, pp, dp) in layouts.items():
         dims = resolve_model_dims(ModelConfig(preset=preset))
         worst = max(stage_params(dims, tp, pp), key=lambda s: s.params)
         b = worst.bytes(dp)
         rows.append(f"| {preset} | {tp} x {pp} x {dp} ({tp * pp * dp}) | {worst.params / 1e9:.2f} B | "
-                    f"{b['params'] / gib:.1f} GiB | {b['grads'] / gib:.1f} GiB | {b['optimizer'] / gib:.1f} GiB | "
-                    f"{b['total'] / gib:.1f} GiB |")
+                    f"{b['params'] / GIB:.1f} GiB | {b['grads'] / GIB:.1f} GiB | {b['optimizer'] / GIB:.1f} GiB | "
+                    f"{b['total'] / GIB:.1f} GiB | 0 / {b['params'] / GIB:.1f} GiB |")
     return "\n".join(rows)
