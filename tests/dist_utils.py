@@ -17,6 +17,7 @@ import torch
 import torch.multiprocessing as mp
 
 from megatron_mmr1.parallel import free_port
+from megatron_mmr1.utils.procs import die_with_parent
 
 
 def require_gpus(n: int) -> None:
@@ -24,7 +25,8 @@ def require_gpus(n: int) -> None:
         pytest.skip(f"needs {n} CUDA device(s), found {torch.cuda.device_count()}")
 
 
-def _entry(rank: int, world_size: int, port: int, fn: Callable, args: tuple, results: Any) -> None:
+def _entry(rank: int, world_size: int, port: int, fn: Callable, args: tuple, results: Any, parent: int) -> None:
+    die_with_parent(expected_parent=parent)  # a killed pytest takes its ranks along
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
@@ -45,7 +47,8 @@ def spawn(fn: Callable, world_size: int, *args: Any, timeout_s: float = 300.0) -
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_entry, args=(r, world_size, port, fn, args, results)) for r in range(world_size)]
+    procs = [ctx.Process(target=_entry, args=(r, world_size, port, fn, args, results, os.getpid()))
+             for r in range(world_size)]
     for p in procs:
         p.start()
     out: dict[int, Any] = {}

@@ -153,3 +153,21 @@ def test_ctrl_c_during_setup_is_one_line(tmp_path):
     lines = [line for line in _meaningful(err) if "warn" not in line.lower()]
     assert lines == ["mmr1-train: stopped by SIGINT before a checkpoint was written; nothing saved"], err[-3000:]
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "train.log").is_file()
+
+
+def test_parent_watcher_fallback(tmp_path):
+    """The portable path (no prctl; the reward pool's choice): a watcher thread notices the parent's exit."""
+    grandchild = ("from megatron_mmr1.utils.procs import die_with_parent; import time; "
+                  "die_with_parent(via_kernel=False, poll_s=0.1); print('armed', flush=True); time.sleep(60)")
+    middle = ("import subprocess, sys\n"
+              f"p = subprocess.Popen([sys.executable, '-c', {grandchild!r}], stdout=subprocess.PIPE, text=True)\n"
+              "assert p.stdout.readline().strip() == 'armed'\n"
+              "print(p.pid, flush=True)\n")
+    out = subprocess.run([sys.executable, "-c", middle], capture_output=True, text=True, env=ENV, cwd=REPO,
+                         timeout=60, check=True)
+    pid = int(out.stdout.strip())
+    try:
+        assert _wait_for(lambda: not _alive([pid]), 5.0), "the orphan outlived its parent by 5 s"
+    finally:
+        if _alive([pid]):
+            os.kill(pid, signal.SIGKILL)

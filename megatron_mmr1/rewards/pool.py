@@ -58,6 +58,11 @@ def _worker_main(
     conn: Connection, score_fn: ScoreFn, timeout_s: float, warmup_args: Optional[tuple]
 ) -> None:  # pragma: no cover
     """Worker loop: receive (idx, args), score under a timer, send (idx, parts, timeout, error)."""
+    from megatron_mmr1.utils.procs import die_with_parent
+
+    # A killed trainer takes its workers along; the watcher thread, not prctl, because the pool may
+    # (re)start workers from a rollout thread that ends before they should.
+    die_with_parent(via_kernel=False)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns Ctrl-C
     signal.signal(signal.SIGALRM, _on_alarm)
     if warmup_args is not None:

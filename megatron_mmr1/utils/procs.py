@@ -50,17 +50,19 @@ def _watch_parent(parent: int, sig: int, poll_s: float) -> None:
     os.kill(os.getpid(), sig)
 
 
-def die_with_parent(expected_parent: Optional[int] = None, sig: int = signal.SIGKILL, poll_s: float = 1.0) -> None:
+def die_with_parent(expected_parent: Optional[int] = None, sig: int = signal.SIGKILL, poll_s: float = 1.0,
+                    via_kernel: bool = True) -> None:
     """Make this process receive ``sig`` (SIGKILL: an orphan has nobody to report to) when its parent exits.
 
     ``expected_parent``: the pid that started this process, when the caller knows it (spawned ranks);
     a parent that died before this call is then caught too. Without it a parent that died in the
     interval between this process's start and this call goes unnoticed.
     Linux sends the signal when the parent *thread* that started us exits: start workers from a thread
-    that lives as long as they should (the main thread, as torchrun and multiprocessing do).
+    that lives as long as they should (the main thread, as torchrun and multiprocessing do), or pass
+    ``via_kernel=False`` (the watcher thread only) when the parent may start us from a short-lived thread.
     """
     parent = os.getppid()
-    armed = _prctl_pdeathsig(sig)
+    armed = via_kernel and _prctl_pdeathsig(sig)
     if expected_parent is not None and parent != expected_parent:
         os.kill(os.getpid(), sig)  # the parent is already gone; we were re-parented
     if not armed:
