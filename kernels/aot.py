@@ -63,7 +63,19 @@ def _ptxas_resources(ptx: str, arch: int) -> dict:
     return dict(registers=int(regs.group(1)) if regs else None, spill_store_bytes=int(spill.group(1)) if spill else None)
 
 
-if __name__ == "__main__":
-    arch = int(sys.argv[1]) if len(sys.argv) > 1 else 90
-    for row in compile_all(arch):
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m mmr1_kernels.aot",
+                                 description="Compile every Triton kernel of mmr1_kernels ahead of time for a GPU "
+                                             "target (no GPU needed); one JSON line per kernel.")
+    ap.add_argument("arch", nargs="?", type=int, default=90, help="CUDA compute capability as an integer (90 = H100)")
+    ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="floating-point data type")
+    args = ap.parse_args(argv)
+    for row in compile_all(args.arch, args.dtype):
         print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,7 +23,7 @@ batch, policy-gradient norm (before the optimizer), mean accuracy over all P pro
 rollouts spent (training + scoring + discarded).
 
     .venv/bin/python tools/vas_simulation.py               # full run, writes docs/vas_simulation.png
-    .venv/bin/python tools/vas_simulation.py --quick --out /tmp/x.png
+    .venv/bin/python tools/vas_simulation.py --quick        # outputs/vas_simulation_quick.png
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -266,6 +267,22 @@ def simulate(cfg: SimConfig, arms=ARMS) -> dict[str, dict[int, dict[str, list[fl
     return results
 
 
+REPO = Path(__file__).resolve().parents[1]
+DOCS_FIGURE = REPO / "docs" / "vas_simulation.png"
+QUICK_FIGURE = Path("outputs") / "vas_simulation_quick.png"
+
+
+def figure_path(out: Optional[Path], quick: bool) -> Path:
+    """The committed docs figure is written only by a full run (a --quick run would replace it with a
+    10-step toy); --quick goes to outputs/ unless --out says otherwise."""
+    if out is not None:
+        return out
+    if quick:
+        QUICK_FIGURE.parent.mkdir(parents=True, exist_ok=True)
+        return QUICK_FIGURE
+    return DOCS_FIGURE
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny run (tests): 64 prompts, 10 steps, 1 seed")
@@ -275,9 +292,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--lr", type=float, default=None, help="Adam learning rate")
     ap.add_argument("--lam", type=float, default=None, help="VAS lambda (weighted share of each batch)")
     ap.add_argument("--update-interval", type=int, default=None, help="VAS T_update")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "vas_simulation.png")
+    ap.add_argument("--out", type=Path, default=None,
+                    help=f"figure path (default: {DOCS_FIGURE} for a full run, {QUICK_FIGURE} with --quick)")
     ap.add_argument("--json", type=Path, default=None, help="also write the table and curves as JSON")
     args = ap.parse_args(argv)
+    args.out = figure_path(args.out, args.quick)
     cfg = SimConfig()
     if args.quick:
         cfg = SimConfig(num_prompts=64, batch_size=8, steps=10, seeds=[0])

@@ -228,6 +228,8 @@ def cot_trace(item: Item, rng: Optional[np.random.Generator] = None) -> str:
 def generate(out: str | Path, num: int, seed: int = 0, val_fraction: float = 0.1, num_sft: Optional[int] = None,
              tokenizer: bool = False, progress: bool = False) -> dict[str, Path]:
     """Write the RL (train/val) and SFT JSONL files plus PNG images under ``out``."""
+    if num < 1 or (num_sft is not None and num_sft < 1):
+        raise ValueError(f"synthetic task: num={num}, num_sft={num_sft}: need at least one item of each")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     num_sft = num if num_sft is None else num_sft
@@ -270,6 +272,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--tokenizer", action="store_true", help="also train the tiny tokenizer into OUT/tokenizer")
     args = ap.parse_args(argv)
+    if args.num < 1:
+        ap.error(f"--num {args.num}: need at least 1 RL item")
+    if args.num_sft is not None and args.num_sft < 1:
+        ap.error(f"--num-sft {args.num_sft}: need at least 1 SFT item")
+    if not 0.0 <= args.val_fraction < 1.0:
+        ap.error(f"--val-fraction {args.val_fraction}: must be in [0, 1)")
     paths = generate(args.out, args.num, args.seed, args.val_fraction, args.num_sft, args.tokenizer, progress=True)
     for k, p in paths.items():
         print(f"{k}: {p}")
