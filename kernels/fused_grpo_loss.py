@@ -17,7 +17,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from megatron_mmr1.algorithms.losses import aggregate_loss, clipped_surrogate, kl_penalty
+from megatron_mmr1.algorithms.losses import aggregate_loss, clipped_surrogate, kl_penalty, masked_mean
 
 from ._dispatch import use_triton
 from .fused_logprobs import (
@@ -61,8 +61,7 @@ def token_weights(mask: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 def _masked_mean(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.to(torch.float32)
-    return (v.float() * m).sum() / m.sum().clamp(min=1.0)
+    return masked_mean(v.float(), mask)  # metrics in fp32 whatever the compute dtype
 
 
 class _FusedGRPOLoss(torch.autograd.Function):

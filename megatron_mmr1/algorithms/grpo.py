@@ -13,13 +13,8 @@ from typing import Optional
 
 import torch
 
-from megatron_mmr1.algorithms.losses import aggregate_loss, clipped_surrogate, kl_penalty
+from megatron_mmr1.algorithms.losses import aggregate_loss, clipped_surrogate, kl_penalty, masked_mean
 from megatron_mmr1.config import AlgorithmConfig
-
-
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 def grpo_loss(
@@ -52,15 +47,15 @@ def grpo_loss(
         log_ratio = logp - old_logp
         metrics = {
             "pg_loss": float(loss.detach()),
-            "pg_clipfrac": float(_masked_mean(clipped, mask)),
-            "ppo_kl": float(_masked_mean(-log_ratio, mask)),
+            "pg_clipfrac": float(masked_mean(clipped, mask)),
+            "ppo_kl": float(masked_mean(-log_ratio, mask)),
         }
         if cfg.clip_ratio_c is not None:
             # Tokens whose loss the dual clip bounded (verl's pg_clipfrac_lower).
             clip_lr = torch.clamp(log_ratio, min=math.log1p(-cfg.clip_ratio_low), max=math.log1p(cfg.clip_ratio_high))
             pre = torch.maximum(-advantages * torch.exp(log_ratio), -advantages * torch.exp(clip_lr))
             dual = (advantages < 0) & (pre > -advantages * cfg.clip_ratio_c)
-            metrics["pg_clipfrac_lower"] = float(_masked_mean(dual.to(logp.dtype), mask))
+            metrics["pg_clipfrac_lower"] = float(masked_mean(dual.to(logp.dtype), mask))
 
     if cfg.use_kl_loss:
         if ref_logp is None:

@@ -53,6 +53,12 @@ def clipped_surrogate(
     return loss, clipped
 
 
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over the tokens where ``mask`` is set (0 when none is), in ``x``'s dtype."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
 def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean") -> torch.Tensor:
     """Reduce per-token losses [B, S] (or [T] with one sequence) under ``mask``.
 
@@ -60,9 +66,9 @@ def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "tok
     seq-mean-token-sum: per-sequence sum, then mean over sequences (Dr.GRPO);
     seq-mean-token-mean: per-sequence mean, then mean over sequences (original GRPO).
     """
-    mask = mask.to(per_token.dtype)
     if mode == "token-mean":
-        return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+        return masked_mean(per_token, mask)
+    mask = mask.to(per_token.dtype)
     if per_token.dim() == 1:
         per_token, mask = per_token[None], mask[None]
     seq_sum = (per_token * mask).sum(-1)
