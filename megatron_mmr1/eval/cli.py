@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import logging
 import signal
 import subprocess
 import sys
@@ -224,10 +223,7 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> list[EvalResult]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    setup_logging("INFO")
-    for h in logging.getLogger("megatron_mmr1").handlers:  # stdout carries the table
-        if isinstance(h, logging.StreamHandler):
-            h.setStream(sys.stderr)
+    setup_logging("INFO", stream=sys.stderr)  # stdout carries the table
     try:
         cfg = resolve_config(args)
         results = run(args, cfg)
