@@ -26,8 +26,8 @@ EXTRAS = {
     # GPU clusters only: these pull CUDA builds (sglang hard-pins torch==2.14.1).
     "gpu": [
         "transformer-engine[pytorch]",
-        "sglang[all]",
-        "sglang-router",
+        "sglang[all]==0.5.23",  # the version rollout/protocol.py and the contract test are checked against
+        "sglang-router==0.3.2",
         "nvidia-dali-cuda120==2.4.0",
         "flash-attn",
     ],
@@ -37,7 +37,7 @@ EXTRAS = {
         "Levenshtein",  # the MMR1 reference approach (per-pair Levenshtein) in benchmarks
         "matplotlib",  # VAS simulation figures
         "liger-kernel==0.8.5",  # third-party GRPO loss: parity test and benchmark column of the fused loss
-        "sglang-router",  # real router in front of CPU stand-in servers in tests
+        "sglang-router==0.3.2",  # real router in front of CPU stand-in servers in tests
         "nvidia-dali-cuda120==2.4.0",  # DALI image pipeline: its CPU-only pipelines are tested without a GPU
     ],
 }
