@@ -25,21 +25,11 @@ def tiny_dims(tied: bool = False) -> dict:
 
 
 def make_hf_checkpoint(out_dir: str | Path, seed: int = 0, tied: bool = False, dtype=torch.float32) -> Path:
-    """Random tiny Qwen2_5_VLForConditionalGeneration saved with save_pretrained (+ the tiny tokenizer)."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    """Random tiny checkpoint (models.tiny's builder) with random norms/biases, in several shards."""
+    from megatron_mmr1.models.tiny import make_tiny_hf_checkpoint
 
-    from megatron_mmr1.models.presets import hf_config_dict
-
-    torch.manual_seed(seed)
-    cfg = Qwen2_5_VLConfig(**hf_config_dict(tiny_dims(tied)))
-    model = Qwen2_5_VLForConditionalGeneration(cfg).to(dtype)
-    with torch.no_grad():  # HF inits norms to 1 and biases to 0: randomise them so the mapping is tested
-        for name, p in model.named_parameters():
-            if p.dim() == 1:
-                p.add_(torch.randn_like(p) * 0.1)
-    out = Path(out_dir)
-    model.save_pretrained(str(out), max_shard_size="200KB")  # several shards + index, like real checkpoints
-    return out
+    return make_tiny_hf_checkpoint(out_dir, seed=seed, tied=tied, dtype=dtype, randomize_norms=True,
+                                   max_shard_size="200KB")
 
 
 def make_batch(case: str, seed: int = 1) -> dict:
