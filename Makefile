@@ -1,5 +1,5 @@
 # make demo   - set up .venv (idempotent) and run the tiny CPU demo end to end
-# make test   - set up .venv (idempotent) and run the test suite
+# make test   - set up .venv (idempotent), lint (ruff, rules in pyproject.toml), run the test suite
 # make bench  - CPU micro-benchmarks (kernels, rewards, data), ratios side by side
 # make gpu-env - on a GPU node: install the CUDA extras (transformer-engine, sglang, DALI) instead
 SHELL := /bin/bash
@@ -24,7 +24,7 @@ DEMO_DIR ?= outputs/demo
 export PYTHONWARNINGS ?= ignore
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: env demo test test-fast bench gpu-env clean
+.PHONY: env demo test test-fast lint bench gpu-env clean
 
 env: $(STAMP) $(SGLANG_STAMP)
 
@@ -42,8 +42,11 @@ $(SGLANG_STAMP): Makefile | $(STAMP)
 demo: $(STAMP)
 	bash examples/demo_cpu.sh $(DEMO_DIR)
 
-test: $(STAMP) $(SGLANG_STAMP)
+test: $(STAMP) $(SGLANG_STAMP) lint
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 test-fast: $(STAMP) $(SGLANG_STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests

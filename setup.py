@@ -33,6 +33,7 @@ EXTRAS = {
     ],
     "dev": [
         "pytest",
+        "ruff",  # lint run by `make test` (rules in pyproject.toml)
         "nltk",  # reference definition of self-BLEU in tests and benchmarks
         "Levenshtein",  # the MMR1 reference approach (per-pair Levenshtein) in benchmarks
         "matplotlib",  # VAS simulation figures

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from megatron_mmr1.config import ModelConfig, ParallelConfig, RunConfig, check_parallel_dims
-from megatron_mmr1.models.language import build_language_model, build_transformer_config, resolve_dtype
+from megatron_mmr1.models.language import build_language_model, resolve_dtype
 from megatron_mmr1.models.presets import resolve_model_dims
 from megatron_mmr1.models.rope_index import get_rope_index, get_rope_index_packed
 from megatron_mmr1.models.vision import build_vision_model, image_embeddings
