@@ -40,3 +40,16 @@ def test_synthetic_with_no_items_is_an_error(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].endswith("error: --num 0: need at least 1 RL item")
     assert not (tmp_path / "d").exists()
+
+
+def test_docs_are_in_the_repository():
+    """Every reference to the method's description points into docs/ (a design file outside the
+    repository helps no one who cloned it)."""
+    needle = "DESIGN" + ".md"
+    files = [REPO / "README.md", *[p for d in ("megatron_mmr1", "kernels", "tools", "tests", "examples", "docs")
+                                   for p in (REPO / d).rglob("*") if p.suffix in (".py", ".md", ".yaml", ".sh")]]
+    citing = [str(p.relative_to(REPO)) for p in files if needle in p.read_text(errors="ignore")]
+    assert citing == []
+    method = (REPO / "docs" / "method.md").read_text()
+    for formula in ("p * (1 - p)", "alpha * OVS + beta * TDS", "(r_i - mean(r)) / (std(r) + eps)"):
+        assert formula in method

@@ -1,4 +1,4 @@
-"""GRPO policy loss in plain torch (the trainer's reference path; ``mmr1_kernels.grpo_loss`` is the
+"""GRPO policy loss in plain torch (the trainer's reference path; ``mmr1_kernels.fused_grpo_loss`` is the
 fused path computing the same math from hidden states).
 
 loss = agg(clipped surrogate) + kl_coef * agg(KL(pi || ref)) - entropy_coef * agg(entropy),

@@ -1,4 +1,4 @@
-"""grpo_loss against hand-computed PPO/GRPO values (the formulas of DESIGN.md / verl's
+"""grpo_loss against hand-computed PPO/GRPO values (the formulas of docs/method.md / verl's
 compute_policy_loss with dual clip, k3 KL, token-mean aggregation)."""
 
 import math

@@ -1,4 +1,4 @@
-"""The released MMR1 config and the paper's ablation setting load and carry DESIGN.md's values."""
+"""The released MMR1 config and the paper's ablation setting load and carry the values of docs/method.md."""
 
 from pathlib import Path
 
