@@ -592,11 +592,15 @@ def _total_params(p: Plan) -> int:
     return stage_params(_model_dims(p), 1, 1, _vision_params(p.preset))[0].params
 
 
-def markdown_table(plans: list[Plan]) -> str:
+def markdown_table(plans: list[Plan | str]) -> str:
+    """One row per plan; a string stands for a row of its own (a cell with no valid layout)."""
     rows = ["| model | nodes | mode | trainer | recompute | servers | peak GiB/GPU | rollout s | train s "
             "| sync s | step s | tokens/s/GPU | overlapped step s | overlapped tokens/s/GPU |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in plans:
+        if isinstance(p, str):
+            rows.append(p)
+            continue
         t = p.times
         head = (f"| {p.preset.removeprefix('qwen2.5-vl-')} | {p.nodes} | {'colocated' if p.colocated else 'split'} | "
                 f"{_layout(p)} ({p.trainer.gpus}) | {p.trainer.recompute or 'none'} | {_servers(p)} | ")
@@ -610,6 +614,14 @@ def markdown_table(plans: list[Plan]) -> str:
             f"{p.tokens_per_s_per_gpu():,.0f} | {'-' if over is None else f'{over:.0f}'} | "
             f"{'-' if over is None else f'{p.tokens_per_s_per_gpu(True):,.0f}'} |")
     return "\n".join(rows)
+
+
+def _table_cell(preset: str, nodes: int, gpu: GPUSpec, a: Assumptions, colocate: bool) -> Plan | str:
+    """The best plan of a size preset with the paper's settings; split layouts ranked by their overlapped step."""
+    try:
+        return search(load_config(None, [f"model.preset={preset}"]), nodes, gpu, a, colocate, overlapped=not colocate)
+    except ValueError as e:
+        return f"| {preset.removeprefix('qwen2.5-vl-')} | {nodes} | {'colocated' if colocate else 'split'} | {e} |"
 
 
 def shell_vars(p: Plan) -> str:
@@ -679,9 +691,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         a = parse_assume(args.assume)
         gpu = GPUS[args.gpu]
         if args.table:
-            plans = [search(load_config(None, [f"model.preset={preset}"]), n, gpu, a, colocate, overlapped=not colocate)
-                     for preset in SIZES for n in (args.nodes or [1, 2, 4, 8]) for colocate in (True, False)]
-            print(markdown_table(plans))
+            print(markdown_table([_table_cell(preset, n, gpu, a, colocate) for preset in SIZES
+                                  for n in (args.nodes or [1, 2, 4, 8]) for colocate in (True, False)]))
             return 0
         if args.config and not args.nodes:
             plan = plan_config(args.config, gpu, a, args.overrides)

@@ -9,8 +9,8 @@ the last divided by DP with the distributed optimizer.
 
 Activations (bf16, sequence parallel on, flash attention, packed micro-batches of a token budget)
 count what autograd keeps per token and layer: the two norm inputs, the QKV and fc1 inputs, Q/K/V,
-the attention output, the fc1 output (gate and up) and the SwiGLU output, i.e.
-``12h + 4*groups*head_dim + 6f`` bytes, divided by TP. Full recompute keeps only each layer's input
+the attention output, the fc1 output (gate and up), silu(gate) and the fc2 input (the unfused SwiGLU
+that ``models/language.py`` configures), i.e. ``12h + 4*groups*head_dim + 8f`` bytes, divided by TP. Full recompute keeps only each layer's input
 (``2h / TP``) plus one layer's working set. The vision tower (replicated, not TP-split) is counted
 the same way per patch; megatron's selective recompute saves nothing more than flash attention
 already does, so it counts as ``None`` for the LM, while any recompute checkpoints the vision blocks
@@ -20,7 +20,7 @@ already does, so it counts as ``None`` for the LM, while any recompute checkpoin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterable, Optional, Union
 
 
 def vision_params(dims: dict[str, Any]) -> int:
@@ -52,6 +52,11 @@ class StageMemory:
         opt = 12 * self.params / (dp if distributed_optimizer else 1)
         return {"params": 2 * self.params, "grads": 4 * self.params, "optimizer": opt,
                 "total": 6 * self.params + opt}
+
+
+def stage_layers(layers: int, pp: int) -> list[int]:
+    """LM layers per pipeline stage (the first stages take the remainder)."""
+    return [layers // pp + (1 if s < layers % pp else 0) for s in range(pp)]
 
 
 def stage_params(dims: dict[str, Any], tp: int, pp: int, vision: int | None = None) -> list[StageMemory]:
@@ -87,13 +92,13 @@ def head_dim(dims: dict[str, Any]) -> int:
 def lm_layer_activation_bytes(dims: dict[str, Any], tp: int) -> float:
     """Bytes one LM layer keeps per token for backward (bf16, sequence parallel, flash attention)."""
     h, f = dims["hidden_size"], dims["ffn_hidden_size"]
-    return (12 * h + 4 * dims["num_query_groups"] * head_dim(dims) + 6 * f) / tp
+    return (12 * h + 4 * dims["num_query_groups"] * head_dim(dims) + 8 * f) / tp
 
 
 def vision_block_activation_bytes(dims: dict[str, Any]) -> float:
     """Bytes one vision block keeps per patch (replicated over TP; full multi-head attention)."""
     v = dims["vision"]
-    return 16 * v["vision_hidden_size"] + 6 * v["vision_intermediate_size"]
+    return 16 * v["vision_hidden_size"] + 8 * v["vision_intermediate_size"]
 
 
 def kv_bytes_per_token(dims: dict[str, Any], tp: int = 1) -> float:
@@ -133,11 +138,6 @@ def activation_bytes(dims: dict[str, Any], tp: int, pp: int, stage: int, mb: Mic
             stored += mb.patches * v["vision_depth"] * block
     in_flight = max(min(pp - stage, mb.count), 1)
     return in_flight * stored + working
-
-
-def stage_layers(layers: int, pp: int) -> list[int]:
-    """LM layers per pipeline stage (the first stages take the remainder)."""
-    return [layers // pp + (1 if s < layers % pp else 0) for s in range(pp)]
 
 
 @dataclass
@@ -204,7 +204,8 @@ EXAMPLE_LAYOUTS = {
 }
 
 
-def table(layouts: dict[str, tuple[int, int, int]] = EXAMPLE_LAYOUTS) -> str:
+def table(layouts: Union[dict[str, tuple[int, int, int]], Iterable[tuple[str, tuple[int, int, int]]]]
+          = EXAMPLE_LAYOUTS) -> str:
     """Markdown table of the worst (largest) stage per layout, in GiB.
 
     The reference policy (``algorithm.use_kl_loss``) is frozen bf16 weights of the same shards: kept
@@ -217,7 +218,8 @@ def table(layouts: dict[str, tuple[int, int, int]] = EXAMPLE_LAYOUTS) -> str:
     rows = ["| model | TP x PP x DP (GPUs) | params/GPU | bf16 weights | fp32 grads | Adam (dist. opt.) | total | "
             "reference weights (GPU idle / CPU, swapped in) |",
             "|---|---|---|---|---|---|---|---|"]
-    for preset, (tp, pp, dp) in layouts.items():
+    items = layouts.items() if isinstance(layouts, dict) else layouts
+    for preset, (tp, pp, dp) in items:
         dims = resolve_model_dims(ModelConfig(preset=preset))
         worst = max(stage_params(dims, tp, pp), key=lambda s: s.params)
         b = worst.bytes(dp)
