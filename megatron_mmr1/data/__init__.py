@@ -7,9 +7,10 @@ on any device), ``chat`` (template, MMR1 system prompt, pad expansion, SFT label
 ``synthetic`` (the demo task). See docs/data.md.
 """
 
-import importlib
+from megatron_mmr1.utils.lazy import lazy_exports
 
-_EXPORTS = {
+# Lazy: ``import megatron_mmr1.data.sample`` (reward workers) stays light.
+__all__, __getattr__ = lazy_exports(__name__, {
     "chat": ["IGNORE_INDEX", "MMR1_SYSTEM_PROMPT", "ChatFormatter", "PromptError", "render_chat"],
     "dataset": ["RLDataset", "SFTDataset", "SFTExample", "SampleBatch", "build_dataset"],
     "loader": ["DataLoaderState", "ResumableBatchSampler"],
@@ -19,13 +20,4 @@ _EXPORTS = {
     "tokenizer": ["build_tokenizer", "load_tokenizer"],
     "vision": ["ImageError", "PillowImageProcessor", "ProcessedImages", "VisionSpec", "build_image_processor",
                "smart_resize"],
-}
-_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    """Lazy exports: ``import megatron_mmr1.data.sample`` (reward workers) stays light."""
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"megatron_mmr1.data.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'megatron_mmr1.data' has no attribute {name!r}")
+})
