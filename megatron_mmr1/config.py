@@ -141,8 +141,12 @@ class RolloutConfig:
     """Top-k sampling (-1 = off)."""
     max_inflight: int = 256
     """Concurrent /generate requests across all servers."""
-    request_timeout_s: float = 600.0
-    """Per-request timeout before retrying on another server."""
+    request_timeout_s: float = 60.0
+    """Per-request timeout before retrying on another server: this base plus request_timeout_per_token_s * max_new_tokens."""
+    request_timeout_per_token_s: float = 0.05
+    """Seconds added to a request's timeout per max_new_tokens (a slow decode is not a dead server)."""
+    weight_sync_timeout_s: float = 600.0
+    """Timeout of one weight-sync / memory call to a server (a bucket load, a disk load)."""
     max_retries: int = 3
     """Retries of one request on other servers before failing the step."""
     weight_sync: Literal["distributed", "tensor", "disk"] = "distributed"
@@ -575,6 +579,9 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
     _check(cfg.data.min_pixels <= cfg.data.max_pixels,
            f"data.min_pixels={cfg.data.min_pixels} exceeds data.max_pixels={cfg.data.max_pixels}")
     _check(cfg.rollout.temperature > 0, f"rollout.temperature={cfg.rollout.temperature} must be > 0")
+    _check(not (cfg.rollout.colocate and cfg.rollout.pause_mode == "in_place"),
+           "rollout.pause_mode=in_place keeps requests inside SGLang, which then refuses "
+           "/release_memory_occupation (server not idle): use abort or retract with rollout.colocate")
     _check(0 < cfg.rollout.top_p <= 1, f"rollout.top_p={cfg.rollout.top_p} must be in (0, 1]")
 
 
