@@ -228,8 +228,8 @@ def cot_trace(item: Item, rng: Optional[np.random.Generator] = None) -> str:
 def generate(out: str | Path, num: int, seed: int = 0, val_fraction: float = 0.1, num_sft: Optional[int] = None,
              tokenizer: bool = False, progress: bool = False) -> dict[str, Path]:
     """Write the RL (train/val) and SFT JSONL files plus PNG images under ``out``."""
-    if num < 1 or (num_sft is not None and num_sft < 1):
-        raise ValueError(f"synthetic task: num={num}, num_sft={num_sft}: need at least one item of each")
+    if num < 1 or (num_sft is not None and num_sft < 0):
+        raise ValueError(f"synthetic task: num={num} (need >= 1 RL items), num_sft={num_sft} (need >= 0)")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     num_sft = num if num_sft is None else num_sft
@@ -274,8 +274,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = ap.parse_args(argv)
     if args.num < 1:
         ap.error(f"--num {args.num}: need at least 1 RL item")
-    if args.num_sft is not None and args.num_sft < 1:
-        ap.error(f"--num-sft {args.num_sft}: need at least 1 SFT item")
+    if args.num_sft is not None and args.num_sft < 0:
+        ap.error(f"--num-sft {args.num_sft}: must be >= 0")
     if not 0.0 <= args.val_fraction < 1.0:
         ap.error(f"--val-fraction {args.val_fraction}: must be in [0, 1)")
     paths = generate(args.out, args.num, args.seed, args.val_fraction, args.num_sft, args.tokenizer, progress=True)
