@@ -23,7 +23,7 @@ import functools
 import math
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -229,6 +229,7 @@ class ServerPlan:
 @dataclass
 class Plan:
     preset: str
+    model: Model
     gpu: GPUSpec
     nodes: int
     trainer: TrainerPlan
@@ -406,7 +407,7 @@ def _assemble(cfg: RunConfig, model: Model, w: Workload, gpu: GPUSpec, a: Assump
               t: TrainerPlan, s: ServerPlan) -> Plan:
     cross = nodes > 1
     times = step_times(model, w, gpu, a, t, s, cross, cfg.rollout.weight_sync_bucket_mb)
-    return Plan(cfg.model.preset, gpu, nodes, t, s, w, times, a)
+    return Plan(cfg.model.preset, model, gpu, nodes, t, s, w, times, a)
 
 
 def _pp_choices(layers: int, gpus: int, tp: int) -> list[int]:
@@ -529,7 +530,7 @@ def report(p: Plan) -> str:
     t, s, w, a, m = p.trainer, p.servers, p.workload, p.assumptions, p.trainer.memory
     cap = p.gpu.memory_gib * GIB
     mode = "colocated (servers share the trainer's GPUs)" if p.colocated else "split (servers on their own GPUs)"
-    kv_tokens = s.kv_cache / kv_bytes_per_token(_model_dims(p), s.tp)
+    kv_tokens = s.kv_cache / kv_bytes_per_token(p.model.dims, s.tp)
     lines = [
         f"{p.preset} on {p.nodes} node(s) of {GPUS_PER_NODE} x {p.gpu.name}: {mode}",
         f"  trainer  {_layout(p)} on {t.gpus} GPUs, recompute={t.recompute}, {t.micro_batches} micro-batches of "
@@ -562,7 +563,7 @@ def report(p: Plan) -> str:
     lines += [
         f"  decode: {s.concurrency:,.0f} sequences per server at {s.tokens_per_s:,.0f} tokens/s per server; "
         f"{1e3 * s.step_s:.1f} ms per decode step",
-        f"  weight sync: {_gib(2 * _total_params(p))} GiB bf16 to each server over "
+        f"  weight sync: {_gib(2 * p.model.total_params)} GiB bf16 to each server over "
         + ("NVLink (CUDA IPC)" if p.colocated or p.nodes == 1 else "InfiniBand (NCCL broadcast)"),
         "",
         "assumptions",
@@ -580,16 +581,6 @@ def report(p: Plan) -> str:
         "stragglers beyond one max-length response",
     ]
     return "\n".join(lines)
-
-
-def _model_dims(p: Plan) -> dict[str, Any]:
-    from megatron_mmr1.config import ModelConfig
-
-    return resolve_model_dims(ModelConfig(preset=p.preset))
-
-
-def _total_params(p: Plan) -> int:
-    return stage_params(_model_dims(p), 1, 1, _vision_params(p.preset))[0].params
 
 
 def markdown_table(plans: list[Plan | str]) -> str:
