@@ -36,6 +36,21 @@ def _padding_to_mask(attention_mask: Optional[Tensor]) -> Optional[Tensor]:
     return causal[None, None] | ~keep[:, None, None, :]  # (b, 1, s, s)
 
 
+def mark_tensor_parallel_params(module: torch.nn.Module) -> None:
+    """megatron 0.16 sets ``tensor_model_parallel`` on a layer's weight only inside its random init, so
+    with ``perform_initialization=False`` the TP-sharded weights look like TP duplicates and the grad
+    norm (megatron's and ours) counts one shard only. Set the attributes as the init would."""
+    from megatron.core.tensor_parallel.layers import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
+                                                      set_tensor_model_parallel_attributes)
+
+    for m in module.modules():
+        dim = 0 if isinstance(m, (ColumnParallelLinear, VocabParallelEmbedding)) else \
+            1 if isinstance(m, RowParallelLinear) else None
+        weight = getattr(m, "weight", None)
+        if dim is not None and weight is not None and not getattr(weight, "tensor_model_parallel", False):
+            set_tensor_model_parallel_attributes(weight, is_parallel=True, dim=dim, stride=1)
+
+
 class Qwen25VLModel(torch.nn.Module):
     """One pipeline stage of Qwen2.5-VL. Exposes the attributes megatron's schedules and
     finalize_model_grads look up on a model chunk (set_input_tensor, pre/post_process, tied
@@ -52,6 +67,8 @@ class Qwen25VLModel(torch.nn.Module):
         # init_weights=False skips megatron's random init when weights are loaded right after.
         self.language_model = build_language_model(model_cfg, parallel_cfg, pre_process, post_process,
                                                    dims=self.dims, perform_initialization=init_weights)
+        if not init_weights:
+            mark_tensor_parallel_params(self.language_model)
         self.config = self.language_model.config
         self.model_type = self.language_model.model_type
         self.vision_model = None
