@@ -8,13 +8,21 @@ One ``/generate`` per prompt with ``sampling_params.n`` (SGLang fans it out and 
 as ``text`` + ``image_data`` so the server expands image pads with its own processor rules (as
 slime does); text-only prompts with ids go as ``input_ids``.
 
-Failure handling: at most ``max_inflight`` requests in flight; each has ``request_timeout_s``; a
-connection error, timeout or 5xx marks that server unhealthy and the request is retried on another
-healthy server (on the same one after a back-off when it is the only URL, e.g. a router), up to
-``max_retries`` times; a background probe of ``/health`` brings servers back. Requests aborted by
-``/pause_generation`` during a weight update are resubmitted, not counted as failures. When no
-server is left, or a request runs out of retries, ``RolloutError`` names every server and its last
-error. Every failure is logged and counted in ``client.stats``.
+Failure handling: at most ``max_inflight`` requests in flight; each has a timeout of
+``request_timeout_s + request_timeout_per_token_s * max_new_tokens``; a connection error, timeout or
+5xx marks that server down and the request is retried on another healthy server (on the same one
+after a back-off when it is the only URL, e.g. a router), up to ``max_retries`` times. So a dead or
+frozen server costs one request timeout, then is routed around. Server states live as long as the
+client: ``generate`` does not probe first; a background probe of ``/health`` (with a timeout above
+SGLang's own 20 s health generation) brings servers marked down back, and skips servers this process
+has paused for a weight update (SGLang's /health answers 503 while paused). Requests aborted by
+``/pause_generation`` are resubmitted, not counted as failures. When no server is left, or a request
+runs out of retries, ``RolloutError`` names every server and its last error. Every failure is logged
+and counted in ``client.stats``.
+
+A response whose ``prompt_tokens`` differs from the trainer's ``len(sample.prompt_ids)`` stops the
+step: the server expanded the prompt (its images) differently from the trainer, e.g. SGLang started
+without the run's pixel limits (``--mm-process-config``, see ``tools/launch_sglang.py``).
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import aiohttp
 from megatron_mmr1.config import RolloutConfig
 from megatron_mmr1.data.sample import Sample, Status
 from megatron_mmr1.rollout.engine import image_to_base64
-from megatron_mmr1.rollout.protocol import GenerateOutput, SamplingParams
+from megatron_mmr1.rollout.protocol import HEALTH_CHECK_TIMEOUT_S, GenerateOutput, SamplingParams, image_data_for
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +50,18 @@ class RolloutError(RuntimeError):
 
 class _BadRequest(Exception):
     """HTTP 4xx: the request itself is wrong; retrying elsewhere will not help."""
+
+
+PROBE_TIMEOUT_S = HEALTH_CHECK_TIMEOUT_S + 10.0
+"""/health probe timeout: above SGLang's own health-generation wait, so a slow answer is not 'down'."""
+
+_paused_urls: set[str] = set()
+
+
+def set_paused(urls: Sequence[str], paused: bool) -> None:
+    """Weight sync marks the servers it paused: the client's health probe leaves them alone meanwhile."""
+    for u in urls:
+        (_paused_urls.add if paused else _paused_urls.discard)(u.rstrip("/"))
 
 
 @dataclass
@@ -80,7 +100,8 @@ def build_payload(sample: Sample, sp: SamplingParams, return_logprob: bool = Tru
         if not sample.prompt:
             raise ValueError(f"sample {sample.index}: a multimodal prompt needs its text (sample.prompt)")
         body["text"] = sample.prompt
-        body["image_data"] = [x if isinstance(x, str) and not _is_path(x) else image_to_base64(x) for x in sample.images]
+        encoded = [x if isinstance(x, str) and not _is_path(x) else image_to_base64(x) for x in sample.images]
+        body["image_data"] = image_data_for(encoded, sp.n)
     elif sample.prompt_ids:
         body["input_ids"] = list(sample.prompt_ids)
     elif sample.prompt:
@@ -114,6 +135,19 @@ def fill_samples(prompt: Sample, outputs: list[GenerateOutput], group_index: int
     return result
 
 
+def check_prompt_tokens(prompt: Sample, outputs: list[GenerateOutput]) -> None:
+    """Stop when the server's prompt length differs from the trainer's (images resized differently)."""
+    want = len(prompt.prompt_ids)
+    got = {o.prompt_tokens for o in outputs if o.prompt_tokens > 0}
+    if want and got and got != {want}:
+        raise RolloutError(
+            f"sample {prompt.index}: the rollout server counted {sorted(got)} prompt tokens, the trainer "
+            f"{want} ({len(prompt.images)} image(s)). The server resizes images with other pixel limits "
+            "than data.min_pixels / data.max_pixels: start SGLang with tools/launch_sglang.py --min-pixels "
+            "--max-pixels (it passes --mm-process-config), or stand-ins with --min-pixels / --max-pixels."
+        )
+
+
 class RolloutClient:
     """Async generation over ``urls`` (servers or routers) with retries and health checks."""
 
@@ -138,6 +172,10 @@ class RolloutClient:
         self.stats = RolloutStats()
         self._rr = 0
 
+    def request_timeout_s(self, max_new_tokens: int) -> float:
+        """Base plus a per-token allowance: a long decode is not a frozen server."""
+        return self.cfg.request_timeout_s + self.cfg.request_timeout_per_token_s * max(0, int(max_new_tokens))
+
     # ------------------------------------------------------------------ public
     def generate(self, prompts: Sequence[Sample], **sampling_override: Any) -> list[Sample]:
         """Blocking wrapper of :meth:`agenerate` for the (synchronous) training loop."""
@@ -146,14 +184,14 @@ class RolloutClient:
     async def agenerate(self, prompts: Sequence[Sample], **sampling_override: Any) -> list[Sample]:
         sp = sampling_params_from_config(self.cfg, self.max_new_tokens, **sampling_override)
         sem = asyncio.Semaphore(self.cfg.max_inflight)
-        timeout = aiohttp.ClientTimeout(total=self.cfg.request_timeout_s)
+        timeout = aiohttp.ClientTimeout(total=self.request_timeout_s(sp.max_new_tokens))
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            await self._check_all(session)
             prober = asyncio.create_task(self._probe_loop(session))
             try:
                 async def one(i: int, p: Sample) -> list[Sample]:
                     async with sem:
                         outs = await self._generate_one(session, build_payload(p, sp))
+                    check_prompt_tokens(p, outs)
                     return fill_samples(p, outs, i)
 
                 groups = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
@@ -164,14 +202,14 @@ class RolloutClient:
 
     async def check_health(self) -> list[ServerState]:
         """Probe every server's /health once; returns the states (for start-up checks)."""
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)) as session:
             await self._check_all(session)
         return self.servers
 
     # ------------------------------------------------------------------ internals
     async def _probe(self, session: aiohttp.ClientSession, s: ServerState) -> None:
         try:
-            async with session.get(s.url + "/health", timeout=aiohttp.ClientTimeout(total=10)) as r:
+            async with session.get(s.url + "/health", timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)) as r:
                 ok = r.status == 200
                 err = "" if ok else f"/health answered {r.status}"
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
@@ -192,7 +230,8 @@ class RolloutClient:
     async def _probe_loop(self, session: aiohttp.ClientSession) -> None:
         while True:
             await asyncio.sleep(self.health_interval_s)
-            await asyncio.gather(*(self._probe(session, s) for s in self.servers if not s.healthy))
+            await asyncio.gather(*(self._probe(session, s) for s in self.servers
+                                   if not s.healthy and s.url not in _paused_urls))
 
     def _none_left_message(self) -> str:
         lines = ", ".join(f"{s.url} ({s.last_error or 'unhealthy'})" for s in self.servers)

@@ -89,6 +89,8 @@ class LocalEngine:
             self.pad_token_id = min(self.eos_token_ids)
         self.weights_released = False
         self.abort_event = threading.Event()
+        self.hold_event = threading.Event()
+        """Set while generation is paused in place: running requests wait at their next token."""
         self._gen = torch.Generator().manual_seed(seed)
         self._params = dict(self.model.named_parameters())
         self._shapes = {k: tuple(p.shape) for k, p in self._params.items()}
@@ -159,10 +161,12 @@ class LocalEngine:
             output_logits=True,
             return_dict_in_generate=True,
         )
-        abort = self.abort_event
+        abort, hold = self.abort_event, self.hold_event
 
         class _Abort(StoppingCriteria):
             def __call__(self, input_ids, scores, **kw):
+                while hold.is_set() and not abort.is_set():  # paused in place: frozen, not finished
+                    abort.wait(0.01)
                 return torch.full((input_ids.shape[0],), abort.is_set(), dtype=torch.bool)
 
         seed = sp.sampling_seed

@@ -12,8 +12,16 @@ Serves /generate, /health, /health_generate, /get_server_info (+ /server_info),
 rollout client, the weight sync and sglang-router run the very code paths they run on a GPU.
 
 Generation runs on one engine thread; the HTTP loop stays free for health checks and control
-calls. Binds 127.0.0.1 unless told otherwise: /update_weights_from_tensor unpickles its payload,
-exactly as SGLang does, so the port must not be reachable by strangers.
+calls. Binds 127.0.0.1 unless told otherwise: /update_weights_from_tensor unpickles its payload
+(with an allow-list of tensor-rebuild globals, as SGLang's ``SafeUnpickler``), so the port must not be
+reachable by strangers.
+
+Requests are judged by SGLang's rules (``tests/rollout/test_sglang_contract.py`` sends the same
+bodies to SGLang's own app and to this server): ``GenerateReqInput.normalize_batch_and_arguments``
+(batch size, ``image_data`` per prompt, ``n``), the memory-saver tags (release needs an idle server;
+resuming what is not released fails; nothing generates while anything is released), ``/health`` as
+a one-token generation (waits while paused, 503 after ``--health-check-timeout``), in-place pauses
+that keep requests running (so ``/flush_cache`` answers 400 meanwhile).
 """
 
 from __future__ import annotations
@@ -42,47 +50,102 @@ logger = logging.getLogger("megatron_mmr1.rollout.local_server")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _as_list(x: Any, n: int) -> list:
-    return list(x) if isinstance(x, list) else [x] * n
+def _as_list(x: Any, n: int, name: str) -> list:
+    if not isinstance(x, list):
+        return [x] * n
+    if len(x) != n:
+        raise P.ProtocolError(f"The length of {name} should be equal to the batch size.")
+    return list(x)
+
+
+def _batch_images(image_data: Any, batch: int) -> list[list]:
+    """SGLang's ``_normalize_image_data`` for a batch: one entry per prompt, a list or one image."""
+    if image_data is None or image_data == []:
+        return [[] for _ in range(batch)]
+    if not isinstance(image_data, list):
+        return [[image_data] for _ in range(batch)]
+    if len(image_data) != batch:
+        raise P.ProtocolError("The length of image_data should be equal to the batch size.")
+    if isinstance(image_data[0], list):
+        return [[] if x is None or x == [None] else list(x) for x in image_data]
+    return [[x] for x in image_data]
 
 
 def _normalize_generate(req: P.GenerateReqInput) -> tuple[bool, list[dict]]:
-    """SGLang's single/batch normalisation: (is_single, per-prompt dicts)."""
+    """SGLang 0.5.23's ``GenerateReqInput.normalize_batch_and_arguments`` for the fields served here:
+    (is_single, per-prompt dicts). A single prompt with n > 1 is a batch of one."""
     if req.text is None and req.input_ids is None:
-        raise P.ProtocolError("one of text / input_ids is required")
+        raise P.ProtocolError("Either text, input_ids or input_embeds should be provided.")
     if req.text is not None:
         single = isinstance(req.text, str)
         prompts = [req.text] if single else list(req.text)
         key = "text"
     else:
-        single = not (req.input_ids and isinstance(req.input_ids[0], list))
+        if len(req.input_ids) == 0:
+            raise P.ProtocolError("input_ids cannot be empty.")
+        single = not isinstance(req.input_ids[0], list)
         prompts = [req.input_ids] if single else list(req.input_ids)
         key = "input_ids"
-    b = len(prompts)
-    if req.image_data is None:
-        images = [[] for _ in range(b)]
-    elif single:
-        images = [req.image_data if isinstance(req.image_data, list) else [req.image_data]]
-    else:
-        images = [x if isinstance(x, list) else ([] if x is None else [x]) for x in req.image_data]
-    sps = _as_list(req.sampling_params or {}, b)
-    lps = _as_list(bool(req.return_logprob), b) if not isinstance(req.return_logprob, list) else req.return_logprob
-    rids = _as_list(req.rid, b) if req.rid is not None else [uuid.uuid4().hex for _ in range(b)]
-    if len({sp.get("n", 1) for sp in sps}) > 1:
+    batch = len(prompts)
+    sps = req.sampling_params
+    n = (sps or {}).get("n", 1) if not isinstance(sps, list) else (sps[0].get("n", 1) if sps else 1)
+    if isinstance(sps, list) and any(sp.get("n", 1) != n for sp in sps):
         raise P.ProtocolError("The parallel_sample_num should be the same for all samples in sample params.")
+    if single and n == 1:  # images stay as given: the prompt's own list (or one image)
+        images = [[] if req.image_data is None else
+                  (list(req.image_data) if isinstance(req.image_data, list) else [req.image_data])]
+    else:
+        images = _batch_images(req.image_data, batch)
+    sps = _as_list(sps or {}, batch, "sampling_params")
+    lps = _as_list(req.return_logprob, batch, "return_logprob")
+    rids = _as_list(req.rid, batch, "rid") if req.rid is not None else [uuid.uuid4().hex for _ in range(batch)]
     items = [
         {key: prompts[i], "images": images[i], "sp": sps[i], "logprob": bool(lps[i]), "rid": str(rids[i])}
-        for i in range(b)
+        for i in range(batch)
     ]
-    n = sps[0].get("n", 1) if sps else 1
     return single and n == 1, items
+
+
+class _TensorUnpickler(pickle.Unpickler):
+    """Only what a tensor payload needs (SGLang's ``SafeUnpickler`` allows these and more)."""
+
+    ALLOWED = {
+        ("builtins", n) for n in ("list", "tuple", "dict", "str", "int", "float", "bool", "bytes", "bytearray")
+    } | {
+        ("collections", "OrderedDict"), ("torch", "Size"), ("torch", "Tensor"), ("torch", "device"),
+        ("torch.storage", "UntypedStorage"), ("torch.storage", "TypedStorage"), ("torch", "UntypedStorage"),
+        ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
+        ("torch._tensor", "_rebuild_from_type_v2"), ("torch.nn.parameter", "Parameter"),
+    } | {("torch.multiprocessing.reductions", n) for n in (
+        "rebuild_tensor", "rebuild_cuda_tensor", "rebuild_storage_fd", "rebuild_storage_filename",
+        "rebuild_storage_empty", "rebuild_typed_storage", "rebuild_typed_storage_child")
+    } | {
+        ("sglang.srt.model_executor.model_runner_components.weight_updater", "LocalSerializedTensor"),
+        ("sglang.srt.weight_sync.tensor_bucket", "FlattenedTensorMetadata"),
+        ("sglang.srt.weight_sync.tensor_bucket", "FlattenedTensorBucket"),
+        ("sglang.srt.utils.patch_torch", "_rebuild_cuda_tensor_modified"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"Blocked unsafe global ({module}.{name}) during pickle deserialization")
+
+
+def _unpickle(payload: Any) -> Any:
+    data = base64.b64decode(payload) if isinstance(payload, str) else payload
+    return _TensorUnpickler(io.BytesIO(data)).load()
 
 
 class StandInServer:
     """The HTTP app and the state SGLang keeps per server (pause flag, update groups, version)."""
 
-    def __init__(self, engine: LocalEngine, host: str, port: int, enable_memory_saver: bool = True):
+    def __init__(self, engine: LocalEngine, host: str, port: int, enable_memory_saver: bool = True,
+                 health_check_timeout_s: float = P.HEALTH_CHECK_TIMEOUT_S):
         self.engine = engine
+        self.health_check_timeout_s = health_check_timeout_s
+        self.released: set[str] = set()
+        """Memory-saver tags released and not resumed yet."""
         self.host, self.port = host, port
         self.enable_memory_saver = enable_memory_saver
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine")
@@ -145,6 +208,11 @@ class StandInServer:
 
     # ------------------------------------------------------------------ info
     async def health(self, request: web.Request) -> web.Response:
+        """SGLang's /health generates one token: it waits while generation is paused, 503 at the timeout."""
+        try:
+            await asyncio.wait_for(self.unpaused.wait(), self.health_check_timeout_s)
+        except asyncio.TimeoutError:
+            return web.Response(status=503)
         return web.Response(status=200)
 
     async def server_info(self, request: web.Request) -> web.Response:
@@ -155,7 +223,8 @@ class StandInServer:
             "device": "cpu", "context_length": e.context_len, "enable_memory_saver": self.enable_memory_saver,
             "skip_tokenizer_init": False, "startup_time": self.started,
             "internal_states": [{"last_gen_throughput": 0.0, "running_requests": self.running,
-                                 "served_generate_requests": self.served}],
+                                 "served_generate_requests": self.served,
+                                 "memory_released": sorted(self.released)}],  # stand-in extra
             "version": f"{P.SGLANG_VERSION_CHECKED}-megatron-mmr1-standin", "frontend": "python",
         })
 
@@ -189,6 +258,9 @@ class StandInServer:
         except P.ProtocolError as e:
             return web.json_response({"error": {"message": str(e)}}, status=400)
         await self.unpaused.wait()  # SGLang holds new requests while paused
+        if self.released:
+            return web.json_response({"error": {"message": f"memory released ({sorted(self.released)}); "
+                                                           "/resume_memory_occupation first"}}, status=400)
         self.running += 1
         try:
             outs: list[dict] = []
@@ -213,6 +285,8 @@ class StandInServer:
     async def pause(self, request: web.Request) -> web.Response:
         req = P.parse_body(P.PauseGenerationReqInput, await self._json(request))
         self.unpaused.clear()
+        if req.mode == "in_place":  # running requests stay where they are, frozen
+            self.engine.hold_event.set()
         if req.mode == "abort":
             self.engine.abort_event.set()
             while self.running:  # in-flight requests return with finish_reason abort
@@ -221,6 +295,7 @@ class StandInServer:
 
     async def continue_(self, request: web.Request) -> web.Response:
         self.engine.abort_event.clear()
+        self.engine.hold_event.clear()
         self.unpaused.set()
         return web.json_response({"message": "Generation continued successfully.", "status": "ok"})
 
@@ -317,8 +392,7 @@ class StandInServer:
             return self._result(False, "update_weights_from_tensor must run between "
                                        "begin_weight_update() and end_weight_update()")
         try:
-            payload = req.serialized_named_tensors[0]  # tp rank 0: the stand-in is one rank
-            named = pickle.load(io.BytesIO(base64.b64decode(payload)))
+            named = _unpickle(req.serialized_named_tensors[0])  # tp rank 0: the stand-in is one rank
             if req.load_format == "flattened_bucket":
                 flat, meta = named["flattened_tensor"], named["metadata"]
                 named = [(m.name, flat[m.start_idx:m.end_idx].view(m.dtype).reshape(m.shape)) for m in meta]
@@ -357,15 +431,23 @@ class StandInServer:
         req = P.parse_body(P.MemoryOccupationReqInput, await self._json(request))
         if not self.enable_memory_saver:
             return web.json_response({"error": {"message": "start the server with --enable-memory-saver"}}, status=400)
-        if self.running:
-            return web.json_response({"error": {"message": "requests are running"}}, status=400)
-        if req.tags is None or "weights" in req.tags:
+        if self.running:  # SGLang: assert is_fully_idle(ignore_waiting=paused)
+            return web.json_response({"error": {"message": "release_memory_occupation should be called only "
+                                                           "when server is idle."}}, status=400)
+        tags = set(req.tags or P.GPU_MEMORY_TYPES)
+        self.released |= tags
+        if "weights" in tags and not self.engine.weights_released:
             await self._run(self.engine.release_weights)
         return web.json_response(None)
 
     async def resume_memory(self, request: web.Request) -> web.Response:
         req = P.parse_body(P.MemoryOccupationReqInput, await self._json(request))
-        if (req.tags is None or "weights" in req.tags) and self.engine.weights_released:
+        tags = list(req.tags or P.GPU_MEMORY_TYPES)
+        missing = [t for t in tags if t not in self.released]
+        if missing:  # SGLang removes each tag from its offload set: a KeyError for one not released
+            return web.json_response({"error": {"message": f"{missing[0]!r} is not released"}}, status=400)
+        self.released -= set(tags)
+        if "weights" in tags:
             await self._run(self.engine.resume_weights)
         return web.json_response(None)
 
@@ -374,8 +456,7 @@ def _local_tensor(t: Any) -> torch.Tensor:
     """A tensor, or SGLang's LocalSerializedTensor (``values`` = one serialized tensor per TP rank)."""
     if torch.is_tensor(t):
         return t
-    value = t.values[0]  # the stand-in is TP rank 0
-    return pickle.load(io.BytesIO(base64.b64decode(value) if isinstance(value, str) else value))
+    return _unpickle(t.values[0])  # the stand-in is TP rank 0
 
 
 @web.middleware
@@ -402,12 +483,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--max-pixels", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--disable-memory-saver", action="store_true")
+    ap.add_argument("--health-check-timeout", type=float, default=P.HEALTH_CHECK_TIMEOUT_S,
+                    help="seconds /health waits for paused generation before 503 (SGLANG_HEALTH_CHECK_TIMEOUT)")
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(1)
     engine = LocalEngine(args.model, _DTYPES[args.dtype], args.min_pixels, args.max_pixels, args.seed)
-    app, _ = build_app(engine, args.host, args.port, enable_memory_saver=not args.disable_memory_saver)
+    app, _ = build_app(engine, args.host, args.port, enable_memory_saver=not args.disable_memory_saver,
+                       health_check_timeout_s=args.health_check_timeout)
     logger.info("stand-in SGLang server for %s on http://%s:%d", args.model, args.host, args.port)
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
 

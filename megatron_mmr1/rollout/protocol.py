@@ -22,7 +22,17 @@ below are theirs. Things of that version a caller must know:
   ``mode`` = ``abort`` (default: in-flight requests return with ``finish_reason.type == "abort"``),
   ``retract`` or ``in_place``.
 * ``/release_memory_occupation`` / ``/resume_memory_occupation`` take ``tags`` (``weights``,
-  ``kv_cache``; None = all) and need the server flag ``--enable-memory-saver``.
+  ``kv_cache``, ``cuda_graph``; None = all three) and need the server flag ``--enable-memory-saver``.
+  Release asserts the server is idle (waiting requests are ignored only while generation is
+  paused); resuming a tag that is not released fails (SGLang removes it from a set).
+* ``image_data`` of a request that is a batch (a list of prompts, or one prompt with ``n`` > 1) must
+  have one entry per prompt: a list of that prompt's images (``[[a, b]]``), or one image. A flat
+  ``[a, b]`` there is read as one image per prompt and refused ("The length of image_data should be
+  equal to the batch size"). A single prompt with ``n`` = 1 takes its images flat.
+* ``/health`` runs a one-token generation (``SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION`` defaults on):
+  while generation is paused it waits up to ``HEALTH_CHECK_TIMEOUT_S`` and answers 503.
+* Qwen2.5-VL image resizing uses the checkpoint's preprocessor limits unless the server gets
+  ``--mm-process-config '{"image": {...}}'``, whose ``image`` dict goes to the HF image processor.
 """
 
 from __future__ import annotations
@@ -33,6 +43,24 @@ from typing import Any, Literal, Optional
 
 SGLANG_VERSION_CHECKED = "0.5.23"
 DEFAULT_GROUP_NAME = "weight_update_group"
+GPU_MEMORY_TYPES = ("kv_cache", "weights", "cuda_graph")
+"""SGLang's memory-saver tags (``sglang.srt.constants.GPU_MEMORY_ALL_TYPES``)."""
+HEALTH_CHECK_TIMEOUT_S = 20.0
+"""SGLang's ``SGLANG_HEALTH_CHECK_TIMEOUT`` default: the longest a /health generation waits."""
+
+
+def mm_process_config(min_pixels: int, max_pixels: int) -> dict:
+    """``--mm-process-config`` that makes SGLang resize images with the trainer's pixel limits.
+
+    SGLang passes the ``image`` dict to the HF Qwen2-VL image processor call; ``size`` with
+    ``shortest_edge`` / ``longest_edge`` is that processor's (non-deprecated) name for min/max pixels.
+    """
+    return {"image": {"size": {"shortest_edge": int(min_pixels), "longest_edge": int(max_pixels)}}}
+
+
+def image_data_for(images: list, n: int) -> list:
+    """``image_data`` of one prompt: flat when the request stays single (n = 1), else one list per prompt."""
+    return list(images) if n <= 1 else [list(images)]
 
 
 class ProtocolError(ValueError):
@@ -163,7 +191,7 @@ class GetWeightsByNameReqInput:
 
 @dataclass
 class MemoryOccupationReqInput:
-    """Body of both /release_memory_occupation and /resume_memory_occupation."""
+    """Body of both /release_memory_occupation and /resume_memory_occupation (tags: GPU_MEMORY_TYPES)."""
 
     tags: Optional[list[str]] = None
 

@@ -103,11 +103,14 @@ def make_weight_sender(cfg: RolloutConfig, urls: Sequence[str], work_dir: str = 
     ``master_address`` must be reachable from the servers (the trainer node's address in multi-node runs).
     ``disk`` writes under ``work_dir`` / weight_sync, which the servers must be able to read.
     """
+    timeout_s = cfg.weight_sync_timeout_s
     if cfg.colocate or cfg.weight_sync == "tensor":
-        return TensorWeightSender(urls, bucket_mb=cfg.weight_sync_bucket_mb, timeout_s=cfg.request_timeout_s)
+        return TensorWeightSender(urls, bucket_mb=cfg.weight_sync_bucket_mb, timeout_s=timeout_s,
+                                  pause_mode=cfg.pause_mode)
     if cfg.weight_sync == "disk":
-        return DiskWeightSender(urls, os.path.join(work_dir, "weight_sync"), timeout_s=cfg.request_timeout_s)
+        return DiskWeightSender(urls, os.path.join(work_dir, "weight_sync"), timeout_s=timeout_s,
+                                pause_mode=cfg.pause_mode)
     master_address = master_address or cfg.weight_sync_master_address or "127.0.0.1"
     return DistributedWeightSender(urls, master_address=master_address, bucket_mb=cfg.weight_sync_bucket_mb,
-                                   flattened=cfg.weight_sync_flattened, timeout_s=cfg.request_timeout_s,
+                                   flattened=cfg.weight_sync_flattened, timeout_s=timeout_s,
                                    pause_mode=cfg.pause_mode)

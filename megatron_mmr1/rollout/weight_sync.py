@@ -11,11 +11,17 @@ and renames to Hugging Face checkpoint names; only the sender rank (DP=0, TP=0, 
   ``/end_weight_update`` -> ``/continue_generation``.
 * ``DiskWeightSender`` (fallback): safetensors into a directory every server can read, then
   ``/update_weights_from_disk``.
-* ``TensorWeightSender`` (colocated): ``/release_memory_occupation`` before training,
-  ``/resume_memory_occupation`` (weights) -> ``/update_weights_from_tensor`` per bucket ->
-  resume kv_cache after. On GPU the tensors travel as CUDA IPC handles (SGLang's
-  ``MultiprocessingSerializer``, ``LocalSerializedTensor`` per TP rank); on CPU as shared memory,
-  which the stand-in server reads the same way.
+* ``TensorWeightSender`` (colocated): ``release()`` before training = ``/pause_generation`` (SGLang
+  asserts the server is idle) -> ``/release_memory_occupation`` (all tags: weights, KV cache, CUDA
+  graphs); ``update()`` after = resume ``weights`` -> session + ``/update_weights_from_tensor`` per
+  bucket -> resume ``kv_cache`` and ``cuda_graph`` -> ``/continue_generation``. On GPU the tensors
+  travel as CUDA IPC handles pickled with SGLang's ``monkey_patch_torch_reductions`` (the handle
+  names the GPU by UUID, so a server with its own ``CUDA_VISIBLE_DEVICES`` opens the right one) and
+  wrapped in ``LocalSerializedTensor`` per TP rank; on CPU as shared memory, which the stand-in
+  server reads the same way.
+
+With ``pause_mode="in_place"`` requests stay inside the server, where ``/flush_cache`` answers 400:
+the senders then skip the flush (``flush_cache=False``), as SGLang's own in-place path does.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_mmr1.rollout import protocol as P
+from megatron_mmr1.rollout.client import set_paused
 from megatron_mmr1.rollout.dist_group import destroy_custom_process_group, init_custom_process_group
 from megatron_mmr1.utils.net import free_port
 
@@ -122,17 +129,38 @@ class _ServerCalls:
         self.pool.shutdown(wait=False)
 
 
-class _PausedGeneration:
-    """pause -> flush -> [begin session] ... [end session] -> continue, also when the body raises."""
+def flushes(pause_mode: str) -> bool:
+    """In-place pauses keep requests in the scheduler, where a flush is refused: SGLang skips it there."""
+    return pause_mode != "in_place"
 
-    def __init__(self, calls: _ServerCalls, session: bool, pause_mode: str, flush_wait_s: float):
+
+def pause_generation(calls: _ServerCalls, pause_mode: str) -> None:
+    set_paused(calls.urls, True)  # the rollout client's health probe leaves paused servers alone
+    calls.all("/pause_generation", P.to_json(P.PauseGenerationReqInput(mode=pause_mode)))
+
+
+def continue_generation(calls: _ServerCalls) -> None:
+    try:
+        calls.all("/continue_generation", P.to_json(P.ContinueGenerationReqInput()))
+    finally:
+        set_paused(calls.urls, False)
+
+
+class _PausedGeneration:
+    """pause -> flush -> [begin session] ... [end session] -> [before_continue] -> continue, also
+    when the body raises."""
+
+    def __init__(self, calls: _ServerCalls, session: bool, pause_mode: str, flush_wait_s: float,
+                 before_continue: Optional[Callable[[], None]] = None):
         self.calls, self.session, self.pause_mode, self.flush_wait_s = calls, session, pause_mode, flush_wait_s
+        self.before_continue = before_continue
 
     def __enter__(self):
-        self.calls.all("/pause_generation", P.to_json(P.PauseGenerationReqInput(mode=self.pause_mode)))
+        pause_generation(self.calls, self.pause_mode)
         self.opened: list[str] = []
         try:
-            self.calls.all("/flush_cache", retry_400_s=self.flush_wait_s)  # slime retries 60 x 1 s
+            if flushes(self.pause_mode):
+                self.calls.all("/flush_cache", retry_400_s=self.flush_wait_s)  # slime retries 60 x 1 s
             if self.session:
                 for url in self.calls.urls:
                     try:
@@ -152,9 +180,11 @@ class _PausedGeneration:
         try:
             for url in self.opened:
                 self.calls.call(url, "/end_weight_update", {})
+            if self.before_continue is not None and not any(exc):
+                self.before_continue()
         finally:
             self.opened = []
-            self.calls.all("/continue_generation", P.to_json(P.ContinueGenerationReqInput()))
+            continue_generation(self.calls)
 
 
 class DistributedWeightSender:
@@ -247,7 +277,7 @@ class DistributedWeightSender:
         tensors = [t.detach().to(self.device).contiguous() for _, t in bucket]
         body = P.to_json(P.UpdateWeightsFromDistributedReqInput(
             names=[n for n, _ in bucket], dtypes=[dtype_name(t.dtype) for t in tensors],
-            shapes=[list(t.shape) for t in tensors], group_name=self.group_name, flush_cache=True,
+            shapes=[list(t.shape) for t in tensors], group_name=self.group_name, flush_cache=flushes(self.pause_mode),
             weight_version=version, load_format="flattened_bucket" if self.flattened else None,
         ))
         futures = self.calls.submit_all("/update_weights_from_distributed", body)
@@ -301,7 +331,8 @@ class DiskWeightSender:
         """Save ``named`` (or use an existing checkpoint dir ``model_path``) and load it on every server."""
         path = model_path or self.save(named or [])
         self.version += 1
-        body = P.to_json(P.UpdateWeightFromDiskReqInput(model_path=path, weight_version=weight_version or str(self.version)))
+        body = P.to_json(P.UpdateWeightFromDiskReqInput(model_path=path, weight_version=weight_version or str(self.version),
+                                                        flush_cache=flushes(self.pause_mode)))
         with _PausedGeneration(self.calls, False, self.pause_mode, flush_wait_s=60.0):
             self.calls.all("/update_weights_from_disk", body)
 
@@ -319,6 +350,24 @@ def _sglang_tensor_types() -> Optional[tuple[Any, Any]]:
     return LocalSerializedTensor, FlattenedTensorBucket
 
 
+def patch_cuda_ipc_reductions() -> None:
+    """Pickle CUDA tensors naming their GPU by UUID, not by index (SGLang's ``monkey_patch_torch_reductions``).
+
+    torch's IPC handle carries the sender's device index; a server started with its own
+    ``CUDA_VISIBLE_DEVICES`` numbers the GPUs differently and would open the wrong one. SGLang's
+    server side reads either form; its trainer-side helpers apply this patch before pickling.
+    """
+    try:
+        from sglang.srt.utils.patch_torch import monkey_patch_torch_reductions
+    except ImportError as e:
+        raise WeightSyncError(
+            "colocated CUDA-IPC weight updates need SGLang's torch reductions in the trainer "
+            f"(sglang=={P.SGLANG_VERSION_CHECKED}, the gpu extra): without them a handle names the GPU by "
+            "index and a server with its own CUDA_VISIBLE_DEVICES opens the wrong one"
+        ) from e
+    monkey_patch_torch_reductions()
+
+
 def serialize_named_tensors(named: list[tuple[str, torch.Tensor]], tp_size: int = 1) -> list[str]:
     """``serialized_named_tensors`` of /update_weights_from_tensor: one base64 string per engine TP rank.
 
@@ -330,6 +379,9 @@ def serialize_named_tensors(named: list[tuple[str, torch.Tensor]], tp_size: int 
     from multiprocessing.reduction import ForkingPickler
 
     import torch.multiprocessing  # noqa: F401  (registers torch's reductions)
+
+    if any(t.is_cuda for _, t in named):
+        patch_cuda_ipc_reductions()
 
     def dumps(obj: Any) -> str:
         # CPU tensors: share by shared-memory file name. The default "file_descriptor" strategy
@@ -353,7 +405,12 @@ def serialize_named_tensors(named: list[tuple[str, torch.Tensor]], tp_size: int 
 
 
 class TensorWeightSender:
-    """Colocated mode: servers and trainer share the devices of one node."""
+    """Colocated mode: servers and trainer share the devices of one node.
+
+        sender.release()                      # before training: servers give their GPU memory back
+        ...train...
+        sender.update(named, weight_version)  # after: weights back in, KV cache + graphs, generation on
+    """
 
     def __init__(self, urls: Sequence[str], bucket_mb: int = 512, timeout_s: float = 600.0,
                  engine_tp_size: int = 1, pause_mode: str = "abort"):
@@ -362,35 +419,56 @@ class TensorWeightSender:
         self.engine_tp_size = engine_tp_size
         self.pause_mode = pause_mode
         self.version = 0
+        self.released: Optional[set[str]] = None
+        """Memory tags the servers hold released (set by release(), cleared by update())."""
 
-    def release(self) -> None:
-        """Before training: servers free weights and KV cache (needs --enable-memory-saver)."""
-        self.calls.all("/release_memory_occupation", P.to_json(P.MemoryOccupationReqInput()))
+    def release(self, tags: Optional[Sequence[str]] = None) -> None:
+        """Before training: pause generation (SGLang asserts an idle server), then release ``tags``
+        (default: weights, KV cache and CUDA graphs). Needs ``--enable-memory-saver`` on the servers."""
+        pause_generation(self.calls, self.pause_mode)
+        try:
+            self.calls.all("/release_memory_occupation",
+                           P.to_json(P.MemoryOccupationReqInput(tags=list(tags) if tags else None)))
+        except BaseException:
+            continue_generation(self.calls)
+            raise
+        self.released = set(tags or P.GPU_MEMORY_TYPES)
+
+    def _resume(self, tags: list[str]) -> None:
+        if tags:
+            self.calls.all("/resume_memory_occupation", P.to_json(P.MemoryOccupationReqInput(tags=tags)))
+            self.released = (self.released or set()) - set(tags)
 
     def update(self, named: NamedTensors, weight_version: Optional[str] = None,
                before_kv: Optional[Callable[[], None]] = None) -> SyncStats:
-        """After training: resume weights, push buckets, resume KV cache (slime's order).
+        """After training: resume weights, push buckets, resume the rest of what release() freed
+        (KV cache, CUDA graphs), then continue generation (slime's order).
 
         ``before_kv`` runs after the weights are in and before the KV cache comes back (the trainer
-        offloads its own state there).
+        offloads its own state there). Without a preceding release() only the update runs.
         """
         self.version += 1
         version = weight_version or str(self.version)
         stats, t0 = SyncStats(), time.perf_counter()
-        self.calls.all("/resume_memory_occupation", P.to_json(P.MemoryOccupationReqInput(tags=["weights"])))
-        with _PausedGeneration(self.calls, True, self.pause_mode, flush_wait_s=60.0):
+        released = set(self.released or ())
+        self._resume([t for t in ("weights",) if t in released])
+
+        def resume_rest() -> None:
+            if before_kv is not None:
+                before_kv()
+            self._resume([t for t in P.GPU_MEMORY_TYPES if t in released and t != "weights"])
+
+        with _PausedGeneration(self.calls, True, self.pause_mode, flush_wait_s=60.0, before_continue=resume_rest):
             for bucket in bucket_named_tensors(named, self.bucket_bytes):
                 keep = [(n, t.detach().contiguous()) for n, t in bucket]  # alive until the server has read them
                 body = P.to_json(P.UpdateWeightsFromTensorReqInput(
                     serialized_named_tensors=serialize_named_tensors(keep, self.engine_tp_size),
-                    flush_cache=True, weight_version=version))
+                    flush_cache=flushes(self.pause_mode), weight_version=version))
                 self.calls.all("/update_weights_from_tensor", body)
                 stats.buckets += 1
                 stats.tensors += len(keep)
                 stats.bytes += sum(t.numel() * t.element_size() for _, t in keep)
-        if before_kv is not None:
-            before_kv()
-        self.calls.all("/resume_memory_occupation", P.to_json(P.MemoryOccupationReqInput(tags=["kv_cache"])))
+        self.released = None
         stats.seconds = time.perf_counter() - t0
         return stats
 
