@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from megatron_mmr1.config import DataConfig
+from megatron_mmr1.rollout.protocol import mm_process_config
 from megatron_mmr1.utils.net import wait_healthy
 
 
@@ -71,13 +73,16 @@ def build_launches(args: argparse.Namespace, extra: list[str]) -> list[Launch]:
         if args.backend == "sglang":
             gpus = range(args.gpu_offset + i * args.tp, args.gpu_offset + (i + 1) * args.tp)
             cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", args.model, "--host", host,
-                   "--port", str(port), "--tp-size", str(args.tp), "--trust-remote-code"]
+                   "--port", str(port), "--tp-size", str(args.tp), "--trust-remote-code",
+                   # the trainer's image resize limits, not the checkpoint's (else other image token counts)
+                   "--mm-process-config", json.dumps(mm_process_config(args.min_pixels, args.max_pixels))]
             if args.enable_memory_saver:
                 cmd.append("--enable-memory-saver")
             env = {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus)}
         else:
             cmd = [sys.executable, "-m", "megatron_mmr1.rollout.local_server", "--model", args.model,
-                   "--host", host, "--port", str(port)]
+                   "--host", host, "--port", str(port), "--min-pixels", str(args.min_pixels),
+                   "--max-pixels", str(args.max_pixels)]
             env = {"OMP_NUM_THREADS": "1"}
         launches.append(Launch(f"server{i}", cmd + list(extra), f"http://{url_host}:{port}", env))
     if args.router_port is not None:
@@ -116,6 +121,10 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, li
     ap.add_argument("--no-find-free-ports", dest="find_free_ports", action="store_false",
                     help="use base-port + i exactly instead of the next free ports")
     ap.add_argument("--enable-memory-saver", action="store_true", help="colocated mode (release/resume memory)")
+    ap.add_argument("--min-pixels", type=int, default=DataConfig.min_pixels,
+                    help="image resize lower bound: the run's data.min_pixels (passed as --mm-process-config)")
+    ap.add_argument("--max-pixels", type=int, default=DataConfig.max_pixels,
+                    help="image resize upper bound: the run's data.max_pixels")
     ap.add_argument("--timeout-s", type=float, default=900.0, help="health wait per process")
     ap.add_argument("--log-dir", default="outputs/sglang_logs")
     ap.add_argument("--url-file", default=None)

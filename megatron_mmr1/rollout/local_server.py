@@ -149,6 +149,9 @@ class StandInServer:
         self.host, self.port = host, port
         self.enable_memory_saver = enable_memory_saver
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine")
+        # Weight and memory calls run beside generation: a request paused in place holds the engine
+        # thread at its next token while SGLang's scheduler goes on serving control requests.
+        self.control = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="control")
         self.weight_version = "default"
         self.groups: dict[str, Any] = {}
         self.session_open = False
@@ -191,6 +194,9 @@ class StandInServer:
     # ------------------------------------------------------------------ helpers
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def _control(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.control, fn, *args)
 
     @staticmethod
     async def _json(request: web.Request) -> dict:
@@ -313,7 +319,7 @@ class StandInServer:
         req = P.parse_body(P.InitWeightsUpdateGroupReqInput, await self._json(request))
         rank = req.rank_offset  # + tp_rank; the stand-in is one rank
         try:
-            pg = await self._run(
+            pg = await self._control(
                 init_custom_process_group, req.backend, f"tcp://{req.master_address}:{req.master_port}",
                 req.world_size, rank, req.group_name,
             )
@@ -327,7 +333,7 @@ class StandInServer:
         pg = self.groups.pop(req.group_name, None)
         if pg is None:
             return self._result(False, "The group to be destroyed does not exist.")
-        await self._run(destroy_custom_process_group, pg)
+        await self._control(destroy_custom_process_group, pg)
         return self._result(True, "Succeeded to destroy custom process group.")
 
     async def begin_update(self, request: web.Request) -> web.Response:
@@ -381,7 +387,7 @@ class StandInServer:
             return self._result(False, f"Group {req.group_name} not in {list(self.groups)}. "
                                        "Please call `init_weights_update_group` first.")
         try:
-            await self._run(self._receive, req)
+            await self._control(self._receive, req)
         except Exception as e:
             return self._result(False, f"Failed to receive weights: {e}")
         return self._after_update(req.flush_cache, req.weight_version, True, "Succeeded to update parameter online.")
@@ -397,7 +403,7 @@ class StandInServer:
                 flat, meta = named["flattened_tensor"], named["metadata"]
                 named = [(m.name, flat[m.start_idx:m.end_idx].view(m.dtype).reshape(m.shape)) for m in meta]
             named = [(n, _local_tensor(t)) for n, t in named]
-            await self._run(self.engine.load_weights, named)
+            await self._control(self.engine.load_weights, named)
         except Exception as e:
             return self._result(False, f"Failed to update weights from tensor: {e}")
         return self._after_update(req.flush_cache, req.weight_version, True, "Success")
@@ -405,7 +411,7 @@ class StandInServer:
     async def update_from_disk(self, request: web.Request) -> web.Response:
         req = P.parse_body(P.UpdateWeightFromDiskReqInput, await self._json(request))
         try:
-            await self._run(self.engine.load_from_disk, req.model_path)
+            await self._control(self.engine.load_from_disk, req.model_path)
         except Exception as e:
             return self._result(False, f"Failed to update weights: {e}", num_paused_requests=0)
         resp = self._after_update(req.flush_cache, req.weight_version, True, "Succeeded to update model weights.")
@@ -422,7 +428,7 @@ class StandInServer:
     async def get_weights_by_name(self, request: web.Request) -> web.Response:
         try:
             req = P.parse_body(P.GetWeightsByNameReqInput, await self._json(request))
-            values = await self._run(self.engine.get_weights_by_name, req.name, req.truncate_size)
+            values = await self._control(self.engine.get_weights_by_name, req.name, req.truncate_size)
         except (EngineError, P.ProtocolError) as e:
             return web.json_response({"error": {"message": str(e)}}, status=400)
         return web.json_response(values)
@@ -437,7 +443,7 @@ class StandInServer:
         tags = set(req.tags or P.GPU_MEMORY_TYPES)
         self.released |= tags
         if "weights" in tags and not self.engine.weights_released:
-            await self._run(self.engine.release_weights)
+            await self._control(self.engine.release_weights)
         return web.json_response(None)
 
     async def resume_memory(self, request: web.Request) -> web.Response:
@@ -448,7 +454,7 @@ class StandInServer:
             return web.json_response({"error": {"message": f"{missing[0]!r} is not released"}}, status=400)
         self.released -= set(tags)
         if "weights" in tags:
-            await self._run(self.engine.resume_weights)
+            await self._control(self.engine.resume_weights)
         return web.json_response(None)
 
 

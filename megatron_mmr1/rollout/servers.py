@@ -79,9 +79,10 @@ class LocalServerGroup:
 
 
 @contextlib.contextmanager
-def rollout_servers(cfg: RolloutConfig, model_dir: Optional[str] = None,
-                    log_dir: Optional[str] = None) -> Iterator[list[str]]:
-    """``cfg.server_urls`` when given; otherwise ``cfg.num_servers`` stand-ins on ``model_dir``."""
+def rollout_servers(cfg: RolloutConfig, model_dir: Optional[str] = None, log_dir: Optional[str] = None,
+                    min_pixels: Optional[int] = None, max_pixels: Optional[int] = None) -> Iterator[list[str]]:
+    """``cfg.server_urls`` when given; otherwise ``cfg.num_servers`` stand-ins on ``model_dir``, resizing
+    images with the run's ``data.min_pixels`` / ``data.max_pixels`` (pass them: the trainer's counts)."""
     if cfg.server_urls:
         yield list(cfg.server_urls)
         return
@@ -89,7 +90,9 @@ def rollout_servers(cfg: RolloutConfig, model_dir: Optional[str] = None,
         raise ValueError("rollout.backend=sglang needs rollout.server_urls (start them with tools/launch_sglang.py)")
     if model_dir is None:
         raise ValueError("stand-in rollout servers need a Hugging Face checkpoint directory (model.hf_path)")
-    group = LocalServerGroup(model_dir, cfg.num_servers, log_dir)
+    pixels = [f for flag, v in (("--min-pixels", min_pixels), ("--max-pixels", max_pixels)) if v is not None
+              for f in (flag, str(v))]
+    group = LocalServerGroup(model_dir, cfg.num_servers, log_dir, extra_args=pixels)
     try:
         yield group.start()
     finally:

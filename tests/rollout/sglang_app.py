@@ -85,6 +85,8 @@ def to_builtin(obj: Any) -> Any:
         return {f.name: to_builtin(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if hasattr(obj, "model_dump"):
         return obj.model_dump()
+    if hasattr(obj, "__struct_fields__"):  # msgspec.Struct (SGLang's io_struct request classes)
+        return {f: to_builtin(getattr(obj, f)) for f in obj.__struct_fields__}
     if isinstance(obj, (list, tuple)):
         return [to_builtin(x) for x in obj]
     if isinstance(obj, dict):
