@@ -86,10 +86,10 @@ def save_checkpoint(cfg: RunConfig, step: int, chunks: list, optimizer, schedule
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        (tmp / "rng").mkdir()
     _barrier()
     dist_checkpointing.save(_full_state(chunks, optimizer, is_loading=False), str(tmp))
     rank = dist.get_rank() if dist.is_initialized() else 0
+    (tmp / "rng").mkdir(exist_ok=True)
     torch.save(rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
     if _rank0():
         src = Path(hf_source) if hf_source else None

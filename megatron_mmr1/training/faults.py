@@ -81,8 +81,8 @@ class SkipCounter:
                        step, loss, grad_norm, self.in_row, self.total)
         if self.max_in_row > 0 and self.in_row >= self.max_in_row:
             raise TrainingError(f"step {step}: {self.in_row} steps in a row had a non-finite loss or grad norm "
-                                f"(training.max_skipped_steps={self.max_in_row}); stopping. Check the data of "
-                                "these steps, lower optim.lr or raise optim.clip_grad's strictness")
+                                f"(training.max_skipped_steps={self.max_in_row}); stopping. Check these steps' data, "
+                                "or lower optim.lr / optim.clip_grad")
 
     def state_dict(self) -> dict:
         return {"total": self.total, "in_row": self.in_row}

@@ -42,9 +42,7 @@ class RunMonitor:
     def __init__(self, cfg: RunConfig, rank: int, total_steps: int, start_step: int, desc: str) -> None:
         self.cfg, self.rank, self.total_steps = cfg, rank, total_steps
         tb_dir = cfg.logging.tensorboard_dir or str(Path(cfg.output_dir) / "tensorboard")
-        self.tb = TensorBoardWriter(tb_dir)
-        if rank == 0:
-            logger.info("TensorBoard: tensorboard --logdir %s", tb_dir)
+        self.tb = TensorBoardWriter(tb_dir)  # train.py prints the `tensorboard --logdir` line
         self.bar = progress(range(start_step, total_steps), desc=desc, total=total_steps - start_step,
                             enabled=cfg.logging.progress and rank == 0)
         self._bar_iter = iter(self.bar)
@@ -111,7 +109,8 @@ class RunMonitor:
             path.write_text(json.dumps(out, indent=2) + "\n")
             logger.info("run summary: %s", ", ".join(f"{k}={_fmt(v)}" for k, v in out.items()))
         self.tb.close()
-        return out
+        # per-step values stay out of summary.json (long runs) but callers (tests, tools) get them
+        return dict(out, history={k: list(v) for k, v in self.history.items()})
 
 
 def _fmt(v: Any) -> str:
