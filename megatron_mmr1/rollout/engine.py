@@ -147,6 +147,10 @@ class LocalEngine:
         if pixel_values is not None:
             kwargs["pixel_values"] = pixel_values.to(self.dtype).repeat(n, 1)
             kwargs["image_grid_thw"] = grid_thw.repeat(n, 1)
+            # transformers 5 computes Qwen2.5-VL's 3-D M-RoPE positions only when told which tokens are
+            # image tokens; without this every image patch gets a plain 1-D text position (SGLang and the
+            # trainer use the 3-D ones).
+            kwargs["mm_token_type_ids"] = (x == self.image_token_id).int()
         greedy = sp.temperature <= 1e-5 or sp.top_k == 1
         stop_ids = set(self.eos_token_ids) | set(sp.stop_token_ids or [])
         gc = GenerationConfig(
