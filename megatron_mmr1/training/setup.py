@@ -135,7 +135,8 @@ class StepResult:
 
 def reduce_loss_dicts(outputs: list[dict], device: torch.device) -> dict[str, float]:
     """Per-micro-batch {name: (sum, count)} from the last PP stage -> global means on every rank
-    (broadcast over PP from the last stage, summed over DP)."""
+    (broadcast over PP from the last stage, summed over DP). Names ending in ``_max`` carry (max, 1)
+    and are max-reduced instead."""
     from megatron.core import parallel_state as mpu
 
     names = sorted({k for d in outputs for k in d})
@@ -144,16 +145,25 @@ def reduce_loss_dicts(outputs: list[dict], device: torch.device) -> dict[str, fl
     dist.broadcast_object_list(obj, src=mpu.get_pipeline_model_parallel_last_rank(),
                                group=mpu.get_pipeline_model_parallel_group())
     names = obj[0]
+    is_max = torch.tensor([k.endswith("_max") for k in names], dtype=torch.bool, device=device)
     sums = torch.zeros(len(names), 2, dtype=torch.float64, device=device)
+    sums[is_max, 0] = -float("inf")
     if mpu.is_pipeline_last_stage():
         for d in outputs:
             for j, k in enumerate(names):
-                if k in d:
-                    sums[j] += d[k].to(device=device, dtype=torch.float64).reshape(2)
+                if k not in d:
+                    continue
+                v = d[k].to(device=device, dtype=torch.float64).reshape(2)
+                sums[j] = torch.stack([torch.maximum(sums[j, 0], v[0]), v[1]]) if is_max[j] else sums[j] + v
     dist.broadcast(sums, src=mpu.get_pipeline_model_parallel_last_rank(), group=mpu.get_pipeline_model_parallel_group())
+    maxes = sums[:, 0].clone()
+    dist.all_reduce(maxes, op=dist.ReduceOp.MAX, group=mpu.get_data_parallel_group())
     dist.all_reduce(sums, group=mpu.get_data_parallel_group())
-    return {k: float(sums[j, 0] / sums[j, 1].clamp(min=1.0)) for j, k in enumerate(names)} | {
-        f"{k}__count": float(sums[j, 1]) for j, k in enumerate(names)}
+    out: dict[str, float] = {}
+    for j, k in enumerate(names):
+        out[k] = float(maxes[j]) if is_max[j] else float(sums[j, 0] / sums[j, 1].clamp(min=1.0))
+        out[f"{k}__count"] = float(sums[j, 1])
+    return out
 
 
 def forward_backward(chunks: list, forward_step: Callable, micro_batches: list, forward_only: bool = False) -> list:
