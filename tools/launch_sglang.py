@@ -1,46 +1,44 @@
 """Start N rollout servers (and sglang-router in front of them) on this node, wait until healthy,
-print their URLs, and keep them running until interrupted.
+print their URLs, and keep them serving until stopped.
 
     # GPU node: 4 SGLang servers of TP 2 on GPUs 0-7, router on :30000
     python tools/launch_sglang.py --model /ckpt/Qwen2.5-VL-7B-Instruct --num-servers 4 --tp 2 \\
-        --router-port 30000 --url-file /shared/run1/rollout_urls.json -- --mem-fraction-static 0.6
+        --router-port 30000 --url-file run1/rollout_urls.json --restart -- --mem-fraction-static 0.6
 
     # CPU: the in-repo stand-in servers (same HTTP API)
-    python tools/launch_sglang.py --backend local --model /tmp/tiny --num-servers 2
+    python tools/launch_sglang.py --backend local --model tiny_ckpt --num-servers 2
+
+    # stop a fleet (foreground or --detach) from anywhere
+    python tools/launch_sglang.py stop --url-file run1/rollout_urls.json
 
 Arguments after ``--`` go to every ``sglang.launch_server`` unchanged. Server i runs on GPUs
-``[gpu_offset + i*tp, gpu_offset + (i+1)*tp)`` (set through CUDA_VISIBLE_DEVICES). The output is
-one line per URL (``server <url>`` ..., then ``router <url>``) and, with ``--url-file``, a JSON
-file ``{"servers": [...], "router": url|null}`` that multi-node scripts pass to the trainer as
-``rollout.server_urls``. ``--detach`` returns once healthy and leaves the servers running.
+``[gpu_offset + i*tp, gpu_offset + (i+1)*tp)`` (set through CUDA_VISIBLE_DEVICES). Every server gets
+the run's image pixel limits (``--min-pixels`` / ``--max-pixels``, default the data defaults; SGLang
+reads them from ``--mm-process-config``): without them SGLang resizes with the checkpoint's limits
+and the policy samples from other image tokens than the trainer trains on.
+
+The output is one line per URL (``server <url>`` ..., then ``router <url>``) and, with
+``--url-file``, a JSON file ``{"servers": [...], "router": url|null, "pids": {...}, "launcher_pid": pid|null}``
+that multi-node scripts pass to the trainer as ``rollout.server_urls`` and ``stop`` reads. In the
+foreground a server that dies is logged and the others (and the router) keep serving; ``--restart``
+starts it again on its port. ``--detach`` returns once healthy and leaves the processes running.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import logging
 import shlex
 import signal
 import socket
-import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from megatron_mmr1.config import DataConfig
 from megatron_mmr1.rollout.protocol import mm_process_config
-from megatron_mmr1.utils.net import wait_healthy
-
-
-@dataclass
-class Launch:
-    name: str
-    cmd: list[str]
-    url: str
-    env: dict[str, str] = field(default_factory=dict)
+from megatron_mmr1.rollout.servers import Fleet, Launch, router_launch, standin_launch, stop_fleet
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -79,22 +77,17 @@ def build_launches(args: argparse.Namespace, extra: list[str]) -> list[Launch]:
             if args.enable_memory_saver:
                 cmd.append("--enable-memory-saver")
             env = {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus)}
+            launches.append(Launch(f"server{i}", cmd + list(extra), f"http://{url_host}:{port}", env))
         else:
-            cmd = [sys.executable, "-m", "megatron_mmr1.rollout.local_server", "--model", args.model,
-                   "--host", host, "--port", str(port), "--min-pixels", str(args.min_pixels),
-                   "--max-pixels", str(args.max_pixels)]
-            env = {"OMP_NUM_THREADS": "1"}
-        launches.append(Launch(f"server{i}", cmd + list(extra), f"http://{url_host}:{port}", env))
+            launches.append(standin_launch(args.model, port, host, f"server{i}", url_host=url_host, extra=[
+                "--min-pixels", str(args.min_pixels), "--max-pixels", str(args.max_pixels), *extra]))
     if args.router_port is not None:
         rport = _ports(host, args.router_port, 1)[0] if args.find_free_ports else args.router_port
-        cmd = [sys.executable, "-m", "sglang_router.launch_router", "--worker-urls",
-               *[l.url for l in launches], "--policy", args.router_policy, "--host", host, "--port", str(rport)]
         prom = args.router_prometheus_port
         if prom is None and args.find_free_ports:  # the router's metrics port (29000) clashes with a second router
             prom = _ports(host, 29000, 1)[0]
-        if prom is not None:
-            cmd += ["--prometheus-port", str(prom)]
-        launches.append(Launch("router", cmd, f"http://{url_host}:{rport}"))
+        launches.append(router_launch([l.url for l in launches], rport, host, args.router_policy, prom,
+                                      url_host=url_host))
     return launches
 
 
@@ -127,13 +120,29 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, li
                     help="image resize upper bound: the run's data.max_pixels")
     ap.add_argument("--timeout-s", type=float, default=900.0, help="health wait per process")
     ap.add_argument("--log-dir", default="outputs/sglang_logs")
-    ap.add_argument("--url-file", default=None)
+    ap.add_argument("--url-file", default=None, help="JSON with the URLs and pids (read by `stop`)")
+    ap.add_argument("--restart", action="store_true", help="start a server that died again (foreground only)")
     ap.add_argument("--detach", action="store_true", help="exit once healthy; servers keep running")
     ap.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     return ap.parse_args(argv), extra
 
 
+def stop_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="launch_sglang.py stop", description="stop a fleet started with --url-file")
+    ap.add_argument("--url-file", required=True)
+    args = ap.parse_args(argv)
+    if not Path(args.url_file).is_file():
+        print(f"launch_sglang stop: {args.url_file} not found (nothing running, or stopped already)", file=sys.stderr)
+        return 1
+    pids = stop_fleet(args.url_file)
+    print(f"stopped {len(pids)} process(es): {' '.join(map(str, pids))}")
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["stop"]:
+        return stop_main(argv[1:])
     args, extra = parse_args(argv)
     launches = build_launches(args, extra)
     if args.dry_run:
@@ -141,69 +150,38 @@ def main(argv: Optional[list[str]] = None) -> int:
             env = " ".join(f"{k}={v}" for k, v in l.env.items())
             print(f"{l.name}: {env + ' ' if env else ''}{shlex.join(l.cmd)}")
         return 0
-    log_dir = Path(args.log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    procs: list[tuple[Launch, subprocess.Popen, Path]] = []
+    logging.basicConfig(level=logging.INFO, format="launch_sglang %(levelname)s %(message)s", stream=sys.stderr)
+    fleet = Fleet(launches, args.log_dir, restart=args.restart and not args.detach, state_file=args.url_file,
+                  detach=args.detach)
 
     def on_term(*_: object) -> None:
         raise SystemExit(143)  # unwinds through the cleanup below, wherever SIGTERM lands
 
     signal.signal(signal.SIGTERM, on_term)
-
-    def stop(*_: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
-        for _, p, _ in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-        for _, p, _ in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
     try:
-        for l in launches:
-            if l.name == "router":  # the router checks its workers at start: they must be up
-                for sl, sp, slog in procs:
-                    wait_healthy(sl.url, sp, args.timeout_s, slog)
-            log = log_dir / f"{l.name}.log"
-            f = open(log, "w")
-            procs.append((l, subprocess.Popen(l.cmd, stdout=f, stderr=subprocess.STDOUT,
-                                              env={**os.environ, **l.env}, start_new_session=args.detach), log))
-        for l, p, log in procs:
-            wait_healthy(l.url, p, args.timeout_s, log)
+        fleet.start(args.timeout_s)
     except BaseException as e:
-        stop()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+        fleet.stop()
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             return 130 if isinstance(e, KeyboardInterrupt) else 143
         print(f"launch_sglang: {e}", file=sys.stderr)
         return 1
+    for m in fleet.servers:  # after the URL file is written: readers may act on the print
+        print(f"server {m.url}", flush=True)
+    if fleet.router:
+        print(f"router {fleet.router.url}", flush=True)
+    if args.detach:
+        return 0
     try:
-        servers = [l.url for l in launches if l.name != "router"]
-        router = next((l.url for l in launches if l.name == "router"), None)
-        if args.url_file:  # written (atomically) before the URLs are printed: readers may act on the print
-            tmp = Path(args.url_file + ".tmp")
-            tmp.write_text(json.dumps({"servers": servers, "router": router}) + "\n")
-            tmp.replace(args.url_file)
-        for u in servers:
-            print(f"server {u}", flush=True)
-        if router:
-            print(f"router {router}", flush=True)
-        if args.detach:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            procs.clear()  # detached: leave them running
-            return 0
-        while all(p.poll() is None for _, p, _ in procs):
-            time.sleep(1)
-        dead = [l.name for l, p, _ in procs if p.poll() is not None]
-        print(f"launch_sglang: {dead} exited; stopping the rest", file=sys.stderr)
-        return 1
+        return fleet.watch(health_timeout_s=args.timeout_s)
     except KeyboardInterrupt:
         return 130
     except SystemExit:
         return 0  # SIGTERM: a normal stop
     finally:
-        stop()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        fleet.stop()
 
 
 if __name__ == "__main__":

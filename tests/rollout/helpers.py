@@ -1,17 +1,14 @@
-"""Tiny random Qwen2.5-VL checkpoints and stand-in server processes for the rollout tests."""
+"""Tiny random Qwen2.5-VL checkpoints, and the rollout tests' shorthands for servers.py's processes."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from megatron_mmr1.utils.net import free_port, wait_healthy
+from megatron_mmr1.rollout.servers import ManagedProcess, router_launch, standin_launch
+from megatron_mmr1.utils.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,49 +52,17 @@ def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, tokenizer_dir: Opti
     return model, tok
 
 
-class ServerProcess:
-    """``python -m megatron_mmr1.rollout.local_server`` on a free 127.0.0.1 port."""
-
-    def __init__(self, model_dir: str | Path, log_dir: str | Path, name: str = "server"):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = Path(log_dir) / f"{name}-{self.port}.log"
-        self._log = open(self.log_path, "w")
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "megatron_mmr1.rollout.local_server", "--model", str(model_dir),
-             "--port", str(self.port), "--log-level", "WARNING"],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT),
-        )
-
-    def wait_healthy(self, timeout: float = 120.0) -> "ServerProcess":
-        wait_healthy(self.url, self.proc, timeout, self.log_path)
-        return self
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        self._log.close()
+def ServerProcess(model_dir: str | Path, log_dir: str | Path, name: str = "server",
+                  extra: tuple[str, ...] = ()) -> ManagedProcess:
+    """A stand-in server on a free 127.0.0.1 port (``.wait_healthy()``, ``.kill()``, ``.url``)."""
+    return ManagedProcess(standin_launch(str(model_dir), free_port(), name=name,
+                                         extra=["--log-level", "WARNING", *extra]), log_dir)
 
 
-class RouterProcess:
+def RouterProcess(worker_urls: list[str], log_dir: str | Path, extra: Optional[list[str]] = None) -> ManagedProcess:
     """The real sglang-router (Rust) in front of the given workers."""
-
-    def __init__(self, worker_urls: list[str], log_dir: str | Path, extra: Optional[list[str]] = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = Path(log_dir) / f"router-{self.port}.log"
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sglang_router.launch_router", "--worker-urls", *worker_urls,
-             "--policy", "round_robin", "--host", "127.0.0.1", "--port", str(self.port),
-             "--prometheus-port", str(free_port()), *(extra or [])],  # two routers must not share 29000
-            stdout=self._log, stderr=subprocess.STDOUT,
-        )
-
-    wait_healthy = ServerProcess.wait_healthy
-    kill = ServerProcess.kill
+    return ManagedProcess(router_launch(worker_urls, free_port(), prometheus_port=free_port(),  # not 29000 twice
+                                        extra=extra or ()), log_dir)
 
 
 class FakeSGLang:

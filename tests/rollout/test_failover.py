@@ -1,11 +1,14 @@
 """Killing one of two servers mid-rollout loses no request: it is retried on the other, and logged.
 
 Once with the client talking to both servers directly (the client retries), once with the real
-sglang-router in front of them (router and client retries together).
+sglang-router in front of them (router and client retries together). A frozen server costs one
+request timeout; servers paused for a weight update are not probed (SGLang's /health answers 503).
 """
 
 import logging
+import os
 import re
+import signal
 import threading
 import time
 
@@ -144,3 +147,60 @@ def test_request_timeout_moves_to_another_server(servers, caplog):
         assert any(hung.url in r.getMessage() and "TimeoutError" in r.getMessage() for r in caplog.records)
     finally:
         hung.stop()
+
+
+@pytest.fixture(scope="module")
+def quick_health_server(tiny_ckpt, tmp_path_factory):
+    """A stand-in whose /health gives up on a paused generation after 1 s (SGLang: 20 s)."""
+    p = ServerProcess(tiny_ckpt[0], tmp_path_factory.mktemp("quick_logs"), "quick", extra=("--health-check-timeout", "1"))
+    try:
+        yield p.wait_healthy()
+    finally:
+        p.kill()
+
+
+def test_servers_paused_for_a_weight_update_are_not_marked_down(quick_health_server):
+    """SGLang's /health answers 503 while generation is paused; the client must not probe then (it
+    used to probe every server before each generate and stop with 'no healthy rollout server left')."""
+    url = quick_health_server.url
+    client = RolloutClient(RolloutConfig(n=1, max_retries=0), [url], max_new_tokens=4, health_interval_s=0.2)
+    assert requests.post(url + "/pause_generation", json={"mode": "abort"}, timeout=30).status_code == 200
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(out=client.generate([Sample(index=0, prompt=PROMPT)])),
+                         daemon=True)
+    try:
+        t.start()
+        t.join(2.5)  # longer than the server's health wait: a probe now would have failed
+        assert requests.get(url + "/health", timeout=10).status_code == 503  # paused, as in SGLang
+    finally:
+        requests.post(url + "/continue_generation", json={}, timeout=30)
+    t.join(120)
+    assert len(result.get("out", [])) == 1 and result["out"][0].response_ids
+    assert client.servers[0].healthy and client.stats.failures == {}
+
+
+def test_frozen_server_costs_one_timeout_then_is_routed_around(servers, tiny_ckpt, tmp_path):
+    """A SIGSTOPped server: each request sent to it times out once and moves; it then stays out
+    (its probe times out too), and later generate calls do not wait on it."""
+    frozen = ServerProcess(tiny_ckpt[0], tmp_path, "frozen").wait_healthy()
+    os.kill(frozen.pid, signal.SIGSTOP)
+    try:
+        cfg = RolloutConfig(n=1, max_inflight=4, request_timeout_s=2.0, request_timeout_per_token_s=0.0,
+                            max_retries=2)
+        client = RolloutClient(cfg, [frozen.url, servers[0].url], max_new_tokens=4, health_interval_s=0.5)
+        out = client.generate([Sample(index=i, prompt=PROMPT) for i in range(6)])
+        assert len(out) == 6 and all(s.response_ids for s in out)
+        timeouts = client.stats.failures.get(frozen.url, 0)
+        assert 1 <= timeouts <= 2 and client.stats.retries == timeouts  # only the first requests sent there
+        assert not client.servers[0].healthy and client.servers[1].healthy
+        again = client.generate([Sample(index=i, prompt=PROMPT) for i in range(4)])
+        assert len(again) == 4 and client.stats.failures.get(frozen.url, 0) == timeouts
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+        frozen.kill()
+
+
+def test_request_timeout_scales_with_max_new_tokens():
+    cfg = RolloutConfig(request_timeout_s=30.0, request_timeout_per_token_s=0.05)
+    client = RolloutClient(cfg, ["http://127.0.0.1:1"])
+    assert client.request_timeout_s(0) == 30.0 and client.request_timeout_s(4096) == pytest.approx(30.0 + 204.8)

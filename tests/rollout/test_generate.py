@@ -130,3 +130,22 @@ def test_no_server_left_names_every_url():
     with pytest.raises(RolloutError, match="no healthy rollout server left") as e:
         client.generate([Sample(index=0, prompt="x")])
     assert all(u in str(e.value) for u in urls)
+
+
+def test_prompt_token_mismatch_stops_with_a_clear_message(servers, tiny_ckpt):
+    """The server expands an image to another token count than the trainer (other pixel limits):
+    the step stops naming the sample and both counts, instead of training on another image."""
+    _, _, tok = tiny_ckpt
+    img, text = _png(size=(64, 64)), PROMPT.format(img=IMG)
+
+    def ids(k: int) -> list[int]:  # the prompt with its image pad expanded to k tokens
+        return tok(text.replace("<|image_pad|>", "<|image_pad|>" * k), add_special_tokens=False).input_ids
+
+    client = RolloutClient(_cfg(n=1), [servers[0].url], max_new_tokens=2)
+    same = VisionSpec().num_image_tokens(64, 64)  # the stand-in's limits: the data defaults
+    assert client.generate([Sample(index=0, prompt=text, images=[img], prompt_ids=ids(same))])[0].response_ids
+    other = VisionSpec(min_pixels=3136).num_image_tokens(64, 64)  # Qwen's published minimum
+    assert other != same
+    with pytest.raises(RolloutError, match=rf"sample 5: the rollout server counted \[{len(ids(same))}\] prompt "
+                                           rf"tokens, the trainer {len(ids(other))}.*--mm-process-config"):
+        client.generate([Sample(index=5, prompt=text, images=[img], prompt_ids=ids(other))])

@@ -239,3 +239,27 @@ def test_failed_flush_still_continues_generation():
         assert fake.calls == ["/pause_generation", "/flush_cache", "/continue_generation"]
     finally:
         fake.stop()
+
+
+def test_in_place_pause_updates_without_a_flush(servers, tiny_ckpt):
+    """pause_mode=in_place keeps a running request inside the server, where SGLang refuses
+    /flush_cache (400): the sender skips the flush as SGLang's in-place path does, and the held
+    request finishes after the update."""
+    _, _, tok = tiny_ckpt
+    url = servers[1].url
+    client = RolloutClient(RolloutConfig(n=1, temperature=0.0, max_retries=0), [url], max_new_tokens=3000)
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(out=client.generate([Sample(index=0, prompt=PROMPT)])),
+                         daemon=True)
+    t.start()
+    while requests.get(url + "/get_server_info", timeout=10).json()["internal_states"][0]["running_requests"] == 0:
+        threading.Event().wait(0.02)
+    _, named = new_weights(tok, 61)
+    sender = DistributedWeightSender([url], backend="gloo", pause_mode="in_place")
+    try:
+        sender.update(named, weight_version="inplace")
+        torch.testing.assert_close(probe(url), dict(named)[PROBE][:2], rtol=0, atol=0)
+    finally:
+        sender.close()
+        t.join(300)
+    assert result["out"][0].response_ids
