@@ -259,14 +259,13 @@ def stop_fleet(state_file: Union[str, Path], timeout_s: float = 60.0) -> list[in
 
 
 def _running(pid: int) -> bool:
+    """Alive and not a zombie (an exited child its parent has not reaped yet)."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    with contextlib.suppress(OSError):  # a zombie child of ours still "exists": reap it
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    return True
 
 
 @contextlib.contextmanager
