@@ -245,3 +245,25 @@ def test_cuda_ipc_pickling_uses_sglang_device_uuid_reductions():
     r = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=sglang_env(), cwd=str(ROOT),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "patched" in r.stdout, r.stderr[-3000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_ipc_handle_names_the_gpu_by_uuid():
+    """On a GPU: the handle our colocated sender pickles carries the device UUID (what SGLang's
+    server-side ``_device_from_maybe_uuid`` maps back under its own CUDA_VISIBLE_DEVICES)."""
+    code = (
+        "from tests.rollout.sglang_app import install_placeholders\n"
+        "install_placeholders()\n"
+        "import torch\n"
+        "from torch.multiprocessing import reductions\n"
+        "from megatron_mmr1.rollout.weight_sync import serialize_named_tensors\n"
+        "t = torch.ones(4, device='cuda')\n"
+        "serialize_named_tensors([('w', t)])\n"
+        "_, args = reductions.reduce_tensor(t)\n"
+        "assert args[6] == str(torch.cuda.get_device_properties(0).uuid), args[6]\n"
+        "print('uuid')\n"
+    )
+    r = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=sglang_env(), cwd=str(ROOT),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "uuid" in r.stdout, r.stderr[-3000:]
