@@ -161,6 +161,8 @@ class RolloutConfig:
     """Trainer address as the servers reach it (multi-node); None = 127.0.0.1."""
     pause_mode: Literal["abort", "retract", "in_place"] = "abort"
     """SGLang /pause_generation mode around weight updates (aborted requests are resubmitted)."""
+    seed: Optional[int] = None
+    """Per-prompt sampling seeds from (seed, step, prompt): reproducible rollouts (stand-in/tests; None on SGLang with n > 1)."""
     health_interval_s: float = 2.0
     """Seconds between /health probes of a server marked down."""
 

@@ -96,6 +96,8 @@ def sampling_params_from_config(cfg: RolloutConfig, max_new_tokens: int, **overr
 def build_payload(sample: Sample, sp: SamplingParams, return_logprob: bool = True) -> dict:
     """The /generate body for one prompt (SGLang 0.5.23 GenerateReqInput fields)."""
     body: dict[str, Any] = {"sampling_params": sp.to_json(), "return_logprob": return_logprob}
+    if sample.metadata.get("sampling_seed") is not None:  # per-prompt seed (reproducible rollouts)
+        body["sampling_params"]["sampling_seed"] = int(sample.metadata["sampling_seed"])
     if sample.images:
         if not sample.prompt:
             raise ValueError(f"sample {sample.index}: a multimodal prompt needs its text (sample.prompt)")

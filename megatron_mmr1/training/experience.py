@@ -34,12 +34,26 @@ def group(samples: Sequence[Sample], n: int) -> tuple[torch.Tensor, torch.Tensor
     return rewards, acc, tokens
 
 
-def make_score_fn(dataset: Any, client: Any, reward_cfg: Any, pool: Any, num_rollouts: int):
-    """VPS scoring: ``num_rollouts`` fresh rollouts per prompt -> (accuracy [G, N], token ids)."""
+def seed_prompts(prompts: Sequence[Sample], seed: Optional[int], *keys: int) -> None:
+    """``rollout.seed``: a sampling seed per prompt from (seed, keys..., prompt index), so a resumed run
+    draws the same responses as an uninterrupted one."""
+    if seed is None:
+        return
+    import zlib
+
+    for p in prompts:
+        p.metadata["sampling_seed"] = zlib.crc32(repr((seed, *keys, p.index)).encode()) & 0x7FFFFFFF
+
+
+def make_score_fn(dataset: Any, client: Any, reward_cfg: Any, pool: Any, num_rollouts: int,
+                  seed: Optional[int] = None, seed_key=lambda: 0):
+    """VPS scoring: ``num_rollouts`` fresh rollouts per prompt -> (accuracy [G, N], token ids).
+    ``seed_key()``: where the run is (e.g. the sampler's consumed batches), for ``rollout.seed``."""
     from megatron_mmr1.rewards import compute_rewards
 
     def score_fn(indices: list[int]):
         prompts = dataset.get_batch(indices).samples
+        seed_prompts(prompts, seed, -1, seed_key())
         out = compute_rewards(client.generate(prompts, n=num_rollouts), reward_cfg, pool)
         _, acc, tokens = group(out, num_rollouts)
         if len(prompts) != len(indices):  # skipped records: score 0 variance (they are never drawn usefully)

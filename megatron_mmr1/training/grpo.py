@@ -128,6 +128,27 @@ def optimizer_steps(cfg: RunConfig, records: list, dataset: Any, info: DistInfo,
     return steps, computed / max(real, 1.0), padded / max(real, 1.0)
 
 
+def update_policy(cfg: RunConfig, info: DistInfo, chunks: list, optimizer, scheduler, forward_step, reference,
+                  records: list, dataset: Any, pad_id: int, varlen: bool, timer: PhaseTimer,
+                  before_train=None, skips: Optional[SkipCounter] = None, step: int = 0) -> dict[str, float]:
+    """Train on one rollout batch: old / reference log-probs (no grad), then its optimizer steps."""
+    with timer("logprob"):
+        steps, ratio, pad_ratio = optimizer_steps(cfg, records, dataset, info, pad_id, {})
+        if len(steps) > 1:  # later updates of this batch need the log-probs of the weights that sampled it
+            fill_logprobs(cfg, chunks, steps, "old_logp", cfg.rollout.temperature, varlen)
+        if reference is not None:
+            with reference.swapped_in(chunks):
+                fill_logprobs(cfg, chunks, steps, "ref_logp", cfg.rollout.temperature, varlen)
+    if before_train is not None:
+        before_train()
+    with timer("train"):
+        results = [train_step(cfg, chunks, optimizer, scheduler, forward_step, micro, info.device) for micro in steps]
+    for r in results:
+        if skips is not None:
+            skips.update(r.skipped, step, r.loss, r.grad_norm)
+    return _update_metrics(results, ratio, pad_ratio, steps)
+
+
 # ---- the loop ------------------------------------------------------------------------------------------
 
 def _check(cfg: RunConfig) -> None:
@@ -180,7 +201,8 @@ def run(cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
                                                        min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels))
             client = RolloutClient(cfg.rollout, urls, max_new_tokens=cfg.data.max_response_length)
             pool = stack.enter_context(reward_pool(cfg.reward))
-            score_fn = xp.make_score_fn(dataset, client, cfg.reward, pool, cfg.vps.num_rollouts)
+            score_fn = xp.make_score_fn(dataset, client, cfg.reward, pool, cfg.vps.num_rollouts, cfg.rollout.seed,
+                                        seed_key=lambda: sampler.sampler.consumed_batches)
             sampler = PromptSampler(len(dataset), cfg.training.rollout_batch_size, cfg.sampler, cfg.vps,
                                     score_fn, sync_weights=False)
             if meta is not None:
@@ -224,6 +246,7 @@ def run(cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
                     with timer("vps_scoring"):
                         indices = sampler.next_batch()
                     prompts = dataset.get_batch(indices).samples
+                    xp.seed_prompts(prompts, cfg.rollout.seed, step)
                     with timer("rollout"):
                         samples = client.generate(prompts)
                     with timer("reward"):
@@ -241,20 +264,9 @@ def run(cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
                 rollouts_total += len(batch.records)
                 metrics: dict[str, float] = dict(batch.metrics)
                 if batch.records:
-                    with timer("logprob"):
-                        steps, ratio, pad_ratio = optimizer_steps(cfg, batch.records, dataset, info, pad_id, {})
-                        if len(steps) > 1:
-                            fill_logprobs(cfg, chunks, steps, "old_logp", cfg.rollout.temperature, varlen)
-                        if reference is not None:
-                            with reference.swapped_in(chunks):
-                                fill_logprobs(cfg, chunks, steps, "ref_logp", cfg.rollout.temperature, varlen)
-                    sync.release()
-                    with timer("train"):
-                        results = [train_step(cfg, chunks, optimizer, scheduler, forward_step, micro, info.device)
-                                   for micro in steps]
-                    for r in results:
-                        skips.update(r.skipped, step + 1, r.loss, r.grad_norm)
-                    metrics.update(_update_metrics(results, ratio, pad_ratio, steps))
+                    metrics.update(update_policy(cfg, info, chunks, optimizer, scheduler, forward_step, reference,
+                                                 batch.records, dataset, pad_id, varlen, timer, sync.release,
+                                                 skips, step + 1))
                 else:
                     monitor.write(f"step {step + 1}: every group had equal rewards; nothing to train on")
                 step += 1
