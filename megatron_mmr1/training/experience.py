@@ -94,6 +94,8 @@ class RolloutBatch:
     metrics: dict[str, float] = field(default_factory=dict)
     samples_text: list[str] = field(default_factory=list)
     """A few prompt + response texts for TensorBoard (rank 0 only)."""
+    version: Optional[str] = None
+    """Weight version the servers held when this batch was sampled (None: the initial weights)."""
 
 
 def advantages_for(cfg: RunConfig, rewards: torch.Tensor) -> torch.Tensor:
@@ -203,3 +205,75 @@ def to_train_sequences(records: Sequence[RolloutRecord], dataset: Any, ids: Opti
         out[i] = TrainSequence(input_ids=ids_t, targets=next_token_targets(labels), pixel_values=pv,
                                image_grid_thw=grid, token_data={"adv": adv, "rollout_logp": rollout_lp})
     return out
+
+
+class RolloutProducer:
+    """Rank 0's half of a step: VAS prompts -> rollouts -> rewards -> advantages -> sampler update.
+
+    ``produce`` runs inline (synchronous loop) or in a background thread (``training.async_rollout``:
+    step k+1 is generated while step k trains, with the weights of step k-1: one version stale). Each
+    batch carries its phase times, the weight version it was sampled with, and the sampler state from
+    before its draw (what a checkpoint taken while it is in flight must store)."""
+
+    def __init__(self, cfg: RunConfig, dataset: Any, client: Any, pool: Any, sampler: Any) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.cfg, self.dataset, self.client, self.pool, self.sampler = cfg, dataset, client, pool, sampler
+        self.forbidden = vision_token_ids(cfg)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="rollout") if cfg.training.async_rollout else None
+        self.pending = None  # (future, sampler state before its draw)
+
+    @property
+    def async_mode(self) -> bool:
+        return self._executor is not None
+
+    def produce(self, step: int, version: Optional[str]) -> RolloutBatch:
+        import time
+
+        from megatron_mmr1.rewards import compute_rewards
+
+        times, t0 = {}, time.perf_counter()
+        scored_before = self.sampler.scoring_rollouts
+        indices = self.sampler.next_batch()
+        times["vps_scoring"] = time.perf_counter() - t0
+        prompts = self.dataset.get_batch(indices).samples
+        seed_prompts(prompts, self.cfg.rollout.seed, step)
+        t1 = time.perf_counter()
+        samples = self.client.generate(prompts)
+        t2 = time.perf_counter()
+        samples = compute_rewards(samples, self.cfg.reward, self.pool)
+        batch = collect(self.cfg, samples, indices, self.forbidden)
+        _, acc, tokens = group(samples, self.cfg.rollout.n)
+        self.sampler.observe([p.index for p in prompts], acc, tokens)
+        batch.metrics.update(self.sampler.metrics())
+        batch.metrics["vas/scoring_rollouts_step"] = float(self.sampler.scoring_rollouts - scored_before)
+        times.update(rollout=t2 - t1, reward=time.perf_counter() - t2)
+        batch.metrics.update({f"time/{k}_s": v for k, v in times.items()})
+        batch.version = version
+        return batch
+
+    def submit(self, step: int, version: Optional[str]) -> None:
+        """Start the next batch in the background (async mode only)."""
+        state = self.sampler.state_dict()
+        self.pending = (self._executor.submit(self.produce, step, version), state)
+
+    def take(self, step: int, version: Optional[str]) -> RolloutBatch:
+        """The batch of ``step``: the one in flight, or one made now."""
+        if self.pending is None:
+            return self.produce(step, version)
+        future, _ = self.pending
+        self.pending = None
+        return future.result()
+
+    def wait(self) -> None:
+        """Let an in-flight generation finish (before the servers' weights change)."""
+        if self.pending is not None:
+            self.pending[0].result()
+
+    def sampler_state(self) -> dict:
+        """Sampler state to checkpoint: from before the in-flight draw, which a resumed run redoes."""
+        return self.pending[1] if self.pending is not None else self.sampler.state_dict()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)

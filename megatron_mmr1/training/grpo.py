@@ -207,6 +207,8 @@ def run(cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
                                     score_fn, sync_weights=False)
             if meta is not None:
                 sampler.load_state_dict(meta["trainer"]["sampler"])
+            producer = xp.RolloutProducer(cfg, dataset, client, pool, sampler)
+            stack.callback(producer.close)
         obj = [urls]
         dist.broadcast_object_list(obj, src=0)
         sync = RolloutWeightSync(cfg, obj[0], work_dir=cfg.output_dir)
@@ -227,7 +229,7 @@ def run(cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
             evaluator(0)
 
         def trainer_state() -> dict:
-            return {"sampler": sampler.state_dict() if sampler is not None else None, "skips": skips.state_dict(),
+            return {"sampler": producer.sampler_state() if rank0 else None, "skips": skips.state_dict(),
                     "weight_version": version, "rollouts": rollouts_total}
 
         def save(step: int) -> None:
@@ -235,34 +237,24 @@ def run(cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
                 save_checkpoint(cfg, step, chunks, optimizer, scheduler, trainer_state(), hf_source=cfg.model.hf_path)
 
         rollouts_total = int(meta["trainer"].get("rollouts", 0)) if meta else 0
-        forbidden = xp.vision_token_ids(cfg)
         step, interrupted = start, False
         with StopSignal() as stop:
             while step < total:
                 t0 = time.perf_counter()
                 batch = None
                 if rank0:
-                    scored_before = sampler.scoring_rollouts
-                    with timer("vps_scoring"):
-                        indices = sampler.next_batch()
-                    prompts = dataset.get_batch(indices).samples
-                    xp.seed_prompts(prompts, cfg.rollout.seed, step)
-                    with timer("rollout"):
-                        samples = client.generate(prompts)
-                    with timer("reward"):
-                        from megatron_mmr1.rewards import compute_rewards
-
-                        samples = compute_rewards(samples, cfg.reward, pool)
-                        batch = xp.collect(cfg, samples, indices, forbidden)
-                        _, acc, tokens = xp.group(samples, cfg.rollout.n)
-                        sampler.observe([p.index for p in prompts], acc, tokens)
-                        batch.metrics.update(sampler.metrics())
-                        batch.metrics["vas/scoring_rollouts_step"] = float(sampler.scoring_rollouts - scored_before)
+                    with timer("rollout_wait"):
+                        batch = producer.take(step, version)
+                    if producer.async_mode and step + 1 < total:
+                        producer.submit(step + 1, version)  # generated while this step trains: one version stale
                 with timer("broadcast"):
                     batch = xp.broadcast_batch(batch)
-                expected_version(batch.records, version)
+                expected_version(batch.records, batch.version)
+                staleness = _staleness(version, batch.version)
+                if staleness > 1:
+                    raise RuntimeError(f"step {step + 1}: rollouts are {staleness} weight versions old (bound: 1)")
                 rollouts_total += len(batch.records)
-                metrics: dict[str, float] = dict(batch.metrics)
+                metrics: dict[str, float] = dict(batch.metrics, **{"async/staleness": float(staleness)})
                 if batch.records:
                     metrics.update(update_policy(cfg, info, chunks, optimizer, scheduler, forward_step, reference,
                                                  batch.records, dataset, pad_id, varlen, timer, sync.release,
@@ -270,6 +262,9 @@ def run(cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
                 else:
                     monitor.write(f"step {step + 1}: every group had equal rewards; nothing to train on")
                 step += 1
+                if rank0:
+                    with timer("rollout_wait"):
+                        producer.wait()  # slime's order: the in-flight generation ends before weights change
                 with timer("sync"):
                     version = str(step)
                     sync.sync(chunks, version)
@@ -307,6 +302,11 @@ def run(cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
         window = max(1, min(10, (step - start) // 4))
         return monitor.summary(extra, ("reward/mean", "reward/accuracy", "reward/format", "loss", "grad_norm",
                                        "vas/zero_variance_frac", "mismatch/logp_abs_mean", "step_s"), window)
+
+
+def _staleness(current: Optional[str], sampled_with: Optional[str]) -> int:
+    """Weight versions between the rollouts' and the policy's (versions are step numbers; None = 0)."""
+    return int(current or 0) - int(sampled_with or 0)
 
 
 def _update_metrics(results: list, ratio: float, pad_ratio: float, steps: list) -> dict[str, float]:
