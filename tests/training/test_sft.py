@@ -171,3 +171,15 @@ def test_export_generates_in_transformers(task, tmp_path, one_step_reference):
     trained = _weights(tmp_path / "hf")
     initial = _weights(task.hf)
     assert any(not torch.equal(trained[k], initial[k]) for k in initial), "training changed no weight"
+
+
+def test_resume_under_another_tp_layout(task, tmp_path):
+    """Saved at TP=1, resumed at TP=2: megatron's dist checkpointing reshards model and optimizer state."""
+    ckpt = tmp_path / "ckpt"
+    common = ("training.train_iters=3", "checkpoint.save_interval=2", "checkpoint.keep_last=3")
+    (full,) = spawn(run_sft, 1, sft_overrides(task, tmp_path / "a", *common, f"checkpoint.save={ckpt}"))
+    resumed = spawn(run_sft, 2, sft_overrides(task, tmp_path / "b", *common, "parallel.tp=2",
+                                              f"checkpoint.save={tmp_path}/b/ckpt",
+                                              f"checkpoint.load={ckpt}/iter_0000002"))[0]
+    assert [s for s, _ in resumed["history"]["loss"]] == [3]
+    assert _losses(resumed) == pytest.approx(_losses(full)[2:], rel=1e-5)
