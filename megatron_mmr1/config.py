@@ -503,6 +503,36 @@ def dump_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+# Keys a training mode never reads (sections end in ".*"). Setting one away from its default is not an
+# error (one config file may serve several stages) but it gets a warning naming it.
+UNREAD_KEYS: dict[str, tuple[str, ...]] = {
+    "sft": ("rollout.*", "reward.*", "vps.*", "sampler.*", "eval.*", "training.rollout_batch_size",
+            "training.async_rollout", "training.log_samples", "data.prompt_key", "data.answer_key",
+            "data.max_prompt_length", "data.max_response_length", "algorithm.adv_estimator", "algorithm.adv_eps",
+            "algorithm.clip_ratio_low", "algorithm.clip_ratio_high", "algorithm.clip_ratio_c", "algorithm.use_kl_loss",
+            "algorithm.kl_coef", "algorithm.kl_estimator", "algorithm.entropy_coef", "algorithm.loss_agg_mode",
+            "algorithm.dynamic_filtering", "algorithm.tis_clip"),
+    "grpo": ("training.epochs", "data.seq_length", "data.packing", "data.messages_key"),
+    "lm_smoke": ("data.*", "rollout.*", "reward.*", "algorithm.*", "vps.*", "sampler.*", "eval.*", "checkpoint.*",
+                 "training.epochs", "training.rollout_batch_size", "training.eval_interval",
+                 "training.max_tokens_per_micro_batch", "training.max_skipped_steps", "training.async_rollout",
+                 "training.log_samples", "optim.lr_decay_style", "optim.lr_warmup_fraction", "optim.min_lr",
+                 "model.hf_path", "model.tokenizer_path", "logging.log_interval"),
+}
+
+
+def unread_keys(cfg: RunConfig) -> list[str]:
+    """Keys set away from their default that ``training.mode`` never reads (see UNREAD_KEYS)."""
+    default = to_dict(RunConfig())
+    given = to_dict(cfg)
+    out = []
+    for pattern in UNREAD_KEYS.get(cfg.training.mode, ()):
+        section, _, key = pattern.partition(".")
+        keys = default[section].keys() if key == "*" else [key]
+        out += [f"{section}.{k}" for k in keys if given[section][k] != default[section][k]]
+    return out
+
+
 def field_docs(cls: type) -> dict[str, str]:
     """Field -> one-line doc, read from the string literal after each field (for --help and docs)."""
     import ast

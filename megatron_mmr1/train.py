@@ -25,7 +25,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from megatron_mmr1.config import ConfigError, RunConfig, dump_yaml, field_docs, load_config
+from megatron_mmr1.config import ConfigError, RunConfig, dump_yaml, field_docs, load_config, unread_keys
 from megatron_mmr1.utils.logging import get_logger, setup_logging
 from megatron_mmr1.utils.procs import Interrupted, die_with_parent, launched_by_torchrun, signals_raise_interrupted
 
@@ -186,6 +186,10 @@ def worker_main(args: argparse.Namespace) -> int:
                 log_file = prepare_output_dir(cfg) / "train.log"
             setup_logging(cfg.logging.level, log_file=log_file)
             logger.info("run %s: output_dir %s (config.yaml, train.log)", cfg.name, cfg.output_dir)
+            unread = unread_keys(cfg)
+            if unread:
+                logger.warning("training.mode=%s does not read %s (set away from the default; ignored)",
+                               cfg.training.mode, ", ".join(unread))
             tb = tensorboard_dir(cfg)
             logger.info("TensorBoard: %s  (view: tensorboard --logdir %s)", tb, tb)
             return run(cfg)

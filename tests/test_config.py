@@ -149,3 +149,17 @@ def test_loading_a_config_imports_neither_torch_nor_megatron():
             "print(sorted(m for m in ('torch', 'megatron') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_keys_a_mode_never_reads_are_named():
+    from megatron_mmr1.config import load_config, unread_keys
+
+    cfg = load_config(None, ["training.mode=sft", "rollout.n=4", "vps.alpha=0.5", "optim.lr=1e-5",
+                             "training.rollout_batch_size=4", "training.global_batch_size=16",
+                             "training.micro_batch_size=4"])
+    assert unread_keys(cfg) == ["rollout.n", "vps.alpha", "training.rollout_batch_size"]
+    smoke = load_config(None, ["training.mode=lm_smoke", "checkpoint.save=x", "optim.lr_decay_style=cosine",
+                               "logging.log_interval=5", "rollout.n=1"])
+    assert set(unread_keys(smoke)) == {"checkpoint.save", "optim.lr_decay_style", "logging.log_interval", "rollout.n"}
+    grpo = load_config(None, ["training.mode=grpo", "rollout.n=8", "data.seq_length=4096"])
+    assert unread_keys(grpo) == ["data.seq_length"]
