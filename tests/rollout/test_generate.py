@@ -86,6 +86,8 @@ def test_n_samples_with_logprobs_match_transformers(servers, tiny_ckpt):
     for s in checked:
         p_ids, kw = (ids, {"pixel_values": pv, "image_grid_thw": thw}) if s.index == 0 else (s.prompt_ids, {})
         x = torch.tensor([p_ids + s.response_ids])
+        if kw:  # transformers 5 gives image tokens Qwen2.5-VL's 3-D M-RoPE positions only when told which they are
+            kw["mm_token_type_ids"] = (x == eng.image_token_id).int()
         with torch.no_grad():
             logits = eng.model(input_ids=x, **kw).logits[0, len(p_ids) - 1 : -1].float()
         ref = torch.log_softmax(logits / 0.7, -1).gather(-1, torch.tensor(s.response_ids)[:, None])[:, 0]

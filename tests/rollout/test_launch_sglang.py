@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import requests
 
 from tests.rollout.helpers import ROOT, free_port
@@ -62,6 +63,7 @@ def _answers(url: str) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_foreground_fleet_survives_a_dead_server_restarts_it_and_stops(tiny_ckpt, tmp_path):
     """Two stand-ins + the real router under the foreground launcher: health wait, URL lines and
     file; SIGKILL one server and every request through the router is still answered (the rest keep
