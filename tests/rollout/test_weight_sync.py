@@ -13,7 +13,7 @@ import torch
 
 from megatron_mmr1.config import RolloutConfig
 from megatron_mmr1.data.sample import Sample
-from megatron_mmr1.rollout.client import RolloutClient, RolloutError
+from megatron_mmr1.rollout.client import RolloutClient
 from megatron_mmr1.rollout.weight_sync import (
     DiskWeightSender,
     DistributedWeightSender,
