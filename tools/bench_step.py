@@ -1,0 +1,399 @@
+"""The GRPO step measured phase by phase on the tiny policy with the stand-in servers; JSON lines.
+
+One run prints, side by side:
+
+1. phases of the synchronous step (rollout, reward, VPS scoring, old/ref log-probs, train, weight sync,
+   broadcast, bookkeeping) in seconds and as shares of the step; tokens/s; the overhead share
+   (everything outside rollout + train compute), with the reference forward apart;
+2. padding waste: tokens the packed micro-batches compute / real tokens, against plain padding of the
+   optimizer step's sequences to its longest one (the trainer's ``batching/*`` metrics);
+3. weight-sync throughput: the loop's sync (bytes / seconds) and the distributed sender alone (tensor
+   by tensor and flattened) at growing payloads, against a bare ``torch.distributed`` broadcast of the
+   same bytes over a group of as many processes and the same backend (gloo on CPU);
+4. synchronous vs overlapped (``training.async_rollout``) on the same seeds and settings: seconds per
+   steady step (step 1, with one-off start-up costs, is left out) and the ratio.
+
+    python tools/bench_step.py --quick      # make bench: ~2.5 min of CPU time
+    python tools/bench_step.py              # ~4 min of CPU time (2 cores)
+
+The workload is examples/configs/tiny_cpu_grpo.yaml (its stand-in servers and temperature) with the
+random tiny policy made to stop like a sampled reasoner (``shape_stop_probability``). Each GRPO run
+is a 1-rank job in a child process that starts its own stand-in servers, as a torchrun job would. On
+a shared machine the load average is printed with the figures: read them with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+GRPO_CONFIG = REPO / "examples/configs/tiny_cpu_grpo.yaml"
+
+# settings of the GRPO runs: (default, --quick)
+WORKLOADS = {
+    "default": dict(steps=4, rollout_batch_size=8, n=8, max_response_length=256, stop_p=1 / 48),
+    "quick": dict(steps=3, rollout_batch_size=4, n=4, max_response_length=128, stop_p=1 / 32),
+}
+SYNC_PAYLOAD_REPEATS = {"default": (1, 16), "quick": (1, 8)}
+PHASES = ("rollout", "reward", "vps_scoring", "logprob", "train", "sync", "broadcast")
+
+
+def emit(rows: list[dict], **row) -> None:
+    rows.append(row)
+    print("JSON " + json.dumps(row), flush=True)
+
+
+# ---- child processes ------------------------------------------------------------------------------
+
+def _child(fn: Callable, rank: int, world: int, port: int, args: tuple, out: Any) -> None:
+    from megatron_mmr1.utils.procs import die_with_parent
+
+    die_with_parent()
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    try:
+        out.put((rank, True, fn(*args)))
+    except BaseException as e:  # the parent reports it
+        import traceback
+
+        out.put((rank, False, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+
+
+def in_processes(fn: Callable, world: int, *args: Any, timeout_s: float = 900.0) -> list[Any]:
+    """``fn(*args)`` on ``world`` spawned ranks with torchrun's environment; rank results in order."""
+    from megatron_mmr1.utils.net import free_port
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_child, args=(fn, r, world, port, args, out)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results: dict[int, Any] = {}
+    try:
+        for _ in range(world):
+            rank, ok, value = out.get(timeout=timeout_s)
+            if not ok:
+                raise RuntimeError(f"rank {rank} failed: {value}")
+            results[rank] = value
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    return [results[r] for r in range(world)]
+
+
+def run_grpo(overrides: list[str]) -> dict:
+    """One GRPO run (this process is rank 0 of 1); the summary with its per-step history."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from megatron_mmr1 import parallel
+    from megatron_mmr1.config import load_config
+    from megatron_mmr1.training import grpo
+
+    from megatron_mmr1.training import experience as xp
+
+    # the log-prob phase in its parts: inputs (records -> sequences, images re-read) and the forwards
+    parts: dict[str, list[float]] = {"fill_logprobs": [], "to_train_sequences": []}
+    grpo.fill_logprobs = _timed(grpo.fill_logprobs, parts["fill_logprobs"])
+    xp.to_train_sequences = _timed(xp.to_train_sequences, parts["to_train_sequences"])
+    cfg = load_config(GRPO_CONFIG, overrides, world_size=1)
+    info = parallel.initialize(cfg.parallel)
+    try:
+        return dict(grpo.run(cfg, info), parts=parts)
+    finally:
+        parallel.destroy()
+
+
+def _timed(fn: Callable, into: list[float]) -> Callable:
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            into.append(time.perf_counter() - t0)
+    return wrapper
+
+
+def bare_broadcast(sizes: list[list[int]], repeat: int) -> dict:
+    """Median seconds of a gloo broadcast from rank 0 of each payload: one flat uint8 tensor of the
+    total bytes, and the same bytes as separate tensors (async, as the weight sender posts them)."""
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    out = {}
+    try:
+        for shapes in sizes:
+            total = sum(shapes)
+            flat = torch.zeros(total, dtype=torch.uint8)
+            parts = [torch.zeros(s // 4, dtype=torch.float32) for s in shapes]
+
+            def one() -> None:
+                dist.broadcast(flat, src=0)
+
+            def many() -> None:
+                for h in [dist.broadcast(t, src=0, async_op=True) for t in parts]:
+                    h.wait()
+
+            for name, fn in (("flat", one), ("tensors", many)):
+                ts = []
+                for _ in range(repeat + 1):
+                    dist.barrier()
+                    t0 = time.perf_counter()
+                    fn()
+                    dist.barrier()  # the receiver has the bytes
+                    ts.append(time.perf_counter() - t0)
+                out[(total, name)] = statistics.median(ts[1:])
+    finally:
+        dist.destroy_process_group()
+    return out
+
+
+# ---- the measurements -----------------------------------------------------------------------------
+
+def prepare_task(work: Path, stop_p: float, temperature: float) -> tuple[str, str]:
+    """Synthetic RL prompts and the tiny random Qwen2.5-VL policy (as the demo and the tests make them),
+    its end-of-sequence logit raised so that it stops with probability ~``stop_p`` per token."""
+    from megatron_mmr1.data.synthetic import generate
+    from megatron_mmr1.models.tiny import make_tiny_hf_checkpoint
+
+    paths = generate(work / "data", num=64, seed=0, num_sft=0, tokenizer=True)
+    hf = make_tiny_hf_checkpoint(work / "hf", paths["tokenizer"], seed=0, logit_scale=20.0)
+    shape_stop_probability(hf, stop_p, temperature)
+    return str(hf), str(paths["rl_train"])
+
+
+def shape_stop_probability(hf_dir: Path, stop_p: float, temperature: float = 1.0, seed: int = 0) -> float:
+    """A random policy almost never samples its end-of-sequence token, so every response runs to the
+    length cap: no RL workload looks like that. Point the EOS row of the LM head along the mean final
+    hidden state, scaled so that the mean per-token stop probability over random contexts is
+    ``stop_p`` at the sampling ``temperature``: response lengths become long-tailed (about geometric,
+    capped), as sampled reasoning is."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    eos = model.generation_config.eos_token_id
+    eos = eos[0] if isinstance(eos, list) else eos
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # a direction every token's embedding shares: the stop logit barely depends on context
+        v = torch.randn(embed.embedding_dim, generator=gen)
+        embed.weight += 2 * embed.weight.norm(dim=1).mean() * v / v.norm()
+    captured = {}
+    hook = head.register_forward_hook(lambda mod, inp, out: captured.update(h=inp[0].detach(), logits=out.detach()))
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, min(600, eos), (8, 96), generator=gen))
+    hook.remove()
+    h = captured["h"].reshape(-1, head.in_features)  # (N, H)
+    logits = captured["logits"].reshape(-1, head.out_features) / temperature  # (N, V)
+    u = h.mean(0) / h.mean(0).norm()  # (H,)
+    proj = h @ u  # (N,)
+    rest = torch.logsumexp(torch.cat([logits[:, :eos], logits[:, eos + 1:]], 1), 1)  # (N,)
+
+    def mean_p(c: float) -> float:
+        return float(torch.sigmoid(c * proj / temperature - rest).mean())
+
+    lo, hi = 0.0, 1.0
+    while mean_p(hi) < stop_p:
+        lo, hi = hi, hi * 2
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mean_p(mid) < stop_p else (lo, mid)
+    with torch.no_grad():
+        head.weight[eos] = hi * u
+    model.save_pretrained(str(hf_dir))
+    return hi
+
+
+def grpo_overrides(hf: str, data: str, out: Path, w: dict, async_rollout: bool, seed: int) -> list[str]:
+    return [f"model.hf_path={hf}", f"data.train_files=[{data}]", f"output_dir={out}", "logging.progress=false",
+            f"training.train_iters={w['steps']}", f"training.rollout_batch_size={w['rollout_batch_size']}",
+            f"rollout.n={w['n']}", f"training.global_batch_size={w['rollout_batch_size'] * w['n']}",
+            f"data.max_response_length={w['max_response_length']}", f"vps.num_rollouts={w['n']}",
+            "training.eval_interval=null", "training.log_samples=0", f"rollout.seed={seed}",
+            'data.system_prompt=""',  # the think/answer instruction alone is ~250 tiny-tokenizer tokens
+            # the random policy scores 0 reward: the entropy term gives a gradient; a small lr keeps the
+            # response lengths of the shaped policy (below) the same over the measured steps
+            "algorithm.entropy_coef=0.01", "optim.lr=1e-6",
+            f"training.async_rollout={str(async_rollout).lower()}"]
+
+
+def steady(history: dict, key: str, first: int = 2, last: int | None = None) -> list[float]:
+    """Per-step values of ``key`` from step ``first`` (1-based) on: step 1 carries one-off start-up."""
+    return [v for s, v in history.get(key, []) if s >= first and (last is None or s <= last)]
+
+
+def med(history: dict, key: str, **kw) -> float:
+    vals = steady(history, key, **kw)
+    return statistics.median(vals) if vals else 0.0
+
+
+def phase_rows(h: dict, rows: list[dict], mode: str) -> dict[str, float]:
+    """Median seconds per phase of the steady steps; bookkeeping = what no phase timer covers."""
+    sec = {p: med(h, f"time/{p}_s") for p in PHASES}
+    step = med(h, "step_s")
+    timed = med(h, "time/rollout_wait_s") + sum(sec[p] for p in ("logprob", "train", "sync", "broadcast"))
+    if mode == "sync":  # the wait is the whole rollout half: generation, reward, scoring and its bookkeeping
+        sec["bookkeeping"] = max(0.0, step - timed) + max(0.0, med(h, "time/rollout_wait_s") - sum(
+            sec[p] for p in ("rollout", "reward", "vps_scoring")))
+    else:
+        sec["bookkeeping"] = max(0.0, step - timed)
+        sec["rollout_wait"] = med(h, "time/rollout_wait_s")
+    for p, s in sec.items():
+        emit(rows, bench="phase", mode=mode, phase=p, seconds=round(s, 4), share=round(s / step, 4) if step else 0.0)
+    return dict(sec, step=step)
+
+
+def bench_loop(hf: str, data: str, work: Path, w: dict, seed: int, rows: list[dict]) -> dict[str, dict]:
+    runs = {}
+    for mode in ("sync", "async"):
+        t0 = time.perf_counter()
+        (runs[mode],) = in_processes(run_grpo, 1, grpo_overrides(hf, data, work / mode, w, mode == "async", seed))
+        print(f"{mode}: {w['steps']} steps in {time.perf_counter() - t0:.0f} s (start-up included)", flush=True)
+    h, a = runs["sync"]["history"], runs["async"]["history"]
+    print("\n== phases of the synchronous step (median of steps 2..N) ==", flush=True)
+    sec = phase_rows(h, rows, "sync")
+    parts = {k: statistics.median(v[1:]) for k, v in runs["sync"]["parts"].items()}  # one call per step
+    outside = sec["step"] - sec["rollout"] - sec["train"]
+    emit(rows, bench="overhead", mode="sync", step_s=round(sec["step"], 4), rollout_s=round(sec["rollout"], 4),
+         train_s=round(sec["train"], 4), outside_s=round(outside, 4), outside_share=round(outside / sec["step"], 4),
+         logprob_reference_forward_s=round(parts["fill_logprobs"], 4),
+         logprob_inputs_s=round(parts["to_train_sequences"], 4),
+         outside_share_without_reference_forward=round((outside - parts["fill_logprobs"]) / sec["step"], 4),
+         target_share=0.15, met=outside / sec["step"] <= 0.15)
+    for mode, run in runs.items():
+        emit(rows, bench="throughput", mode=mode, tokens_per_s=round(med(run["history"], "tokens_per_s"), 1),
+             step_s=round(med(run["history"], "step_s"), 3))
+
+    print("\n== padding waste: tokens computed / real tokens on the same responses ==", flush=True)
+    for mode, run in runs.items():
+        hist = run["history"]
+        packed = max(steady(hist, "batching/computed_over_real", first=1))
+        padded = min(steady(hist, "batching/padded_over_real", first=1))
+        emit(rows, bench="padding", mode=mode, packed_worst=round(packed, 4), plain_padding_best=round(padded, 4),
+             packed_target=1.10, plain_target=1.5, met=packed <= 1.10 and padded >= 1.5,
+             response_length_mean=round(med(hist, "response/length_mean", first=1), 1),
+             response_length_max=max(steady(hist, "response/length_max", first=1)))
+
+    print("\n== synchronous vs overlapped (training.async_rollout), same seeds ==", flush=True)
+    phase_rows(a, rows, "async")
+    # steps 2..N-1 each hold one rollout and one training in both modes (step N of the overlapped run
+    # has nothing left to generate): the same work per step
+    last = w["steps"] - 1
+    s_step, a_step = med(h, "step_s", last=last), med(a, "step_s", last=last)
+    total_s, total_a = sum(v for _, v in h["step_s"]), sum(v for _, v in a["step_s"])
+    emit(rows, bench="overlap", sync_step_s=round(s_step, 3), async_step_s=round(a_step, 3),
+         step_speedup=round(s_step / a_step, 3), sync_total_s=round(total_s, 2), async_total_s=round(total_a, 2),
+         total_speedup=round(total_s / total_a, 3),
+         sync_tokens_per_step=round(med(h, "tokens_per_s", last=last) * s_step),
+         async_tokens_per_step=round(med(a, "tokens_per_s", last=last) * a_step),
+         staleness=[v for _, v in a["async/staleness"]], met=s_step > a_step)
+    return runs
+
+
+def bench_weight_sync(hf: str, history: dict, repeats: tuple[int, ...], servers: int, work: Path,
+                      rows: list[dict]) -> None:
+    """The loop's weight sync and the distributed sender alone (tensor by tensor, and flattened buckets),
+    the tiny model's tensors repeated for bigger payloads, against a bare two-process broadcast of the
+    same bytes over a group of as many processes (trainer + one per server); the sender's fixed cost (pause, flush, session, continue: an update of no tensors) apart."""
+    from safetensors.torch import load_file
+
+    from megatron_mmr1.rollout.servers import LocalServerGroup
+    from megatron_mmr1.rollout.weight_sync import DistributedWeightSender
+
+    print(f"\n== weight sync vs a bare torch.distributed broadcast (gloo, {1 + servers} processes) ==", flush=True)
+    named = [(n, t.float().contiguous()) for f in sorted(Path(hf).glob("*.safetensors"))
+             for n, t in load_file(str(f)).items()]
+    shapes = [t.numel() * t.element_size() for _, t in named]
+    loop_bytes, loop_s = int(med(history, "sync/bytes")), med(history, "sync/seconds")
+    payloads = [shapes * r for r in repeats]
+    if loop_bytes and loop_bytes not in {sum(p) for p in payloads}:
+        payloads.append([loop_bytes])
+    bare = in_processes(bare_broadcast, 1 + servers, payloads, 3)[0]
+
+    group = LocalServerGroup(hf, servers, str(work / "sync_logs"))
+    urls = group.start(timeout_s=300)
+    sender = DistributedWeightSender(urls)
+    try:
+        sender.connect()
+        sender.update(named, weight_version="warmup")
+        fixed = statistics.median(sender.update([], weight_version=f"empty{i}").seconds for i in range(3))
+        emit(rows, bench="weight_sync_fixed", seconds=round(fixed, 5),
+             calls="pause, flush, begin_weight_update, end_weight_update, continue")
+        for flattened in (False, True):
+            sender.flattened = flattened
+            for r in repeats:
+                ts = [sender.update(named * r, weight_version=f"r{r}.{i}").seconds for i in range(3)]
+                nbytes = sender.last_stats.bytes
+                _sync_row(rows, "sender_flattened" if flattened else "sender", nbytes, statistics.median(ts), fixed,
+                          len(named) * r, bare[(nbytes, "flat")], bare[(nbytes, "tensors")])
+    finally:
+        sender.close()
+        group.stop()
+    if loop_bytes:
+        _sync_row(rows, "loop", loop_bytes, loop_s, fixed, len(named), bare[(loop_bytes, "flat")],
+                  bare[(loop_bytes, "tensors")])
+
+
+def _sync_row(rows: list[dict], what: str, nbytes: int, sec: float, fixed: float, tensors: int, flat_s: float,
+              tensors_s: float) -> None:
+    gbps = lambda s: round(nbytes / s / 1e9, 4) if s > 0 else 0.0  # noqa: E731
+    ratio = lambda a, b: round(a / b, 3) if b > 0 else 0.0  # noqa: E731
+    emit(rows, bench="weight_sync", what=what, bytes=nbytes, tensors=tensors, seconds=round(sec, 5),
+         gb_per_s=gbps(sec), bare_flat_gb_per_s=gbps(flat_s), bare_tensors_gb_per_s=gbps(tensors_s),
+         ratio_vs_bare=ratio(flat_s, sec), ratio_vs_bare_tensor_by_tensor=ratio(tensors_s, sec),
+         # without the fixed control calls (None where the payload's time is within them)
+         data_ratio_vs_bare=ratio(flat_s, sec - fixed) if sec > 2 * fixed else None,
+         target=0.8, met=ratio(flat_s, sec) >= 0.8)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="3 steps of 4 prompts x 4 responses of <= 128 tokens")
+    ap.add_argument("--steps", type=int, default=None, help="GRPO steps per mode (>= 3; step 1 is start-up)")
+    ap.add_argument("--seed", type=int, default=7, help="rollout.seed of both modes")
+    ap.add_argument("--work-dir", default=None, help="keep data, policy and run outputs here (default: a temp dir)")
+    args = ap.parse_args(argv)
+    kind = "quick" if args.quick else "default"
+    w = dict(WORKLOADS[kind], **({"steps": args.steps} if args.steps else {}))
+    if w["steps"] < 3:
+        ap.error("--steps must be >= 3 (step 1 is start-up; steps 2..N are measured)")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    from megatron_mmr1.config import load_config
+
+    rollout = load_config(GRPO_CONFIG, world_size=1).rollout  # what the runs use: temperature, server count
+    rows: list[dict] = []
+    load = os.getloadavg()
+    emit(rows, bench="machine", cpus=os.cpu_count(), load_avg_1m=round(load[0], 2), load_avg_5m=round(load[1], 2),
+         torch=torch.__version__, servers=rollout.num_servers, temperature=rollout.temperature, **w)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench_step_") as tmp:
+        work = Path(args.work_dir or tmp)
+        hf, data = prepare_task(work, w["stop_p"], rollout.temperature)
+        runs = bench_loop(hf, data, work, w, args.seed, rows)
+        bench_weight_sync(hf, runs["sync"]["history"], SYNC_PAYLOAD_REPEATS[kind], rollout.num_servers, work, rows)
+    load = os.getloadavg()
+    emit(rows, bench="done", wall_s=round(time.perf_counter() - t0, 1), load_avg_1m=round(load[0], 2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
