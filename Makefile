@@ -1,6 +1,6 @@
 # make demo   - set up .venv (idempotent) and run the tiny CPU demo end to end
 # make test   - set up .venv (idempotent), lint (ruff, rules in pyproject.toml), run the test suite
-# make bench  - CPU micro-benchmarks (kernels, rewards, data), ratios side by side
+# make bench  - CPU micro-benchmarks (kernels, rewards, data, GRPO step), ratios side by side
 # make gpu-env - on a GPU node: install the CUDA extras (transformer-engine, sglang, DALI) instead
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(PY) tools/bench_kernels.py --quick
 	$(PY) tools/bench_rewards.py
 	$(PY) tools/bench_data.py --dali-cpu
+	$(PY) tools/bench_step.py --quick
 
 gpu-env:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
