@@ -71,6 +71,9 @@ class ServerState:
     inflight: int = 0
     failures: int = 0
     last_error: str = ""
+    capacity: Optional[int] = None
+    """Requests the server decodes at once (SGLang's ``max_running_requests`` from /get_server_info);
+    more are queued here, so that a request's timeout measures the server's work, not the queue."""
 
 
 @dataclass
@@ -189,6 +192,7 @@ class RolloutClient:
         timeout = aiohttp.ClientTimeout(total=self.request_timeout_s(sp.max_new_tokens))
         async with aiohttp.ClientSession(timeout=timeout) as session:
             prober = asyncio.create_task(self._probe_loop(session))
+            await self._capacities(session)  # before any request: admission limits known up front
             try:
                 async def one(i: int, p: Sample) -> list[Sample]:
                     async with sem:
@@ -249,19 +253,47 @@ class RolloutClient:
         self._rr += 1
         return cands[self._rr % len(cands)]
 
+    async def _capacities(self, session: aiohttp.ClientSession) -> dict[str, asyncio.Semaphore]:
+        """Per-server admission (once per client): ``max_running_requests`` when the server reports it."""
+        if getattr(self, "_capacity_known", False):
+            return self._slots
+        self._capacity_known, self._slots = True, {}
+
+        async def ask(s: ServerState) -> None:
+            try:
+                async with session.get(s.url + "/get_server_info", timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)) as r:
+                    info = await r.json(content_type=None) if r.status == 200 else {}
+                cap = info.get("max_running_requests") if isinstance(info, dict) else None
+                s.capacity = int(cap) if cap else None
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, TypeError):
+                s.capacity = None  # a router or an old server: no admission limit here
+
+        await asyncio.gather(*(ask(s) for s in self.servers))
+        return self._slots
+
     async def _post(self, session: aiohttp.ClientSession, s: ServerState, payload: dict) -> Any:
-        s.inflight += 1
+        slots = await self._capacities(session)
+        s.inflight += 1  # queued or running: what _pick balances on
         try:
-            async with session.post(s.url + "/generate", json=payload) as r:
-                if 400 <= r.status < 500:
-                    raise _BadRequest(f"{s.url}/generate answered {r.status}: {(await r.text())[:500]}")
-                if r.status != 200:
-                    raise aiohttp.ClientResponseError(
-                        r.request_info, (), status=r.status, message=(await r.text())[:200]
-                    )
-                return await r.json(content_type=None)
+            if not s.capacity:
+                return await self._post_now(session, s, payload)
+            key = (s.url, id(asyncio.get_running_loop()))  # one semaphore per event loop (generate() makes one per call)
+            if key not in slots:
+                slots[key] = asyncio.Semaphore(s.capacity)
+            async with slots[key]:
+                return await self._post_now(session, s, payload)
         finally:
             s.inflight -= 1
+
+    async def _post_now(self, session: aiohttp.ClientSession, s: ServerState, payload: dict) -> Any:
+        async with session.post(s.url + "/generate", json=payload) as r:
+            if 400 <= r.status < 500:
+                raise _BadRequest(f"{s.url}/generate answered {r.status}: {(await r.text())[:500]}")
+            if r.status != 200:
+                raise aiohttp.ClientResponseError(
+                    r.request_info, (), status=r.status, message=(await r.text())[:200]
+                )
+            return await r.json(content_type=None)
 
     async def _generate_one(self, session: aiohttp.ClientSession, payload: dict) -> list[GenerateOutput]:
         self.stats.requests += 1

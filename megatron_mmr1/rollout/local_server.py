@@ -227,6 +227,8 @@ class StandInServer:
             "model_path": e.model_path, "tokenizer_path": e.model_path, "served_model_name": e.model_path,
             "host": self.host, "port": self.port, "tp_size": 1, "dp_size": 1, "pp_size": 1,
             "device": "cpu", "context_length": e.context_len, "enable_memory_saver": self.enable_memory_saver,
+            # SGLang's ServerArgs field: the engine thread decodes one request (its n samples) at a time
+            "max_running_requests": 1,
             "skip_tokenizer_init": False, "startup_time": self.started,
             "internal_states": [{"last_gen_throughput": 0.0, "running_requests": self.running,
                                  "served_generate_requests": self.served,

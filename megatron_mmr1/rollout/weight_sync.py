@@ -461,10 +461,16 @@ class TensorWeightSender:
         with _PausedGeneration(self.calls, True, self.pause_mode, flush_wait_s=60.0, before_continue=resume_rest):
             for bucket in bucket_named_tensors(named, self.bucket_bytes):
                 keep = [(n, t.detach().contiguous()) for n, t in bucket]  # alive until the server has read them
-                body = P.to_json(P.UpdateWeightsFromTensorReqInput(
-                    serialized_named_tensors=serialize_named_tensors(keep, self.engine_tp_size),
-                    flush_cache=flushes(self.pause_mode), weight_version=version))
-                self.calls.all("/update_weights_from_tensor", body)
+                def body() -> dict:
+                    return P.to_json(P.UpdateWeightsFromTensorReqInput(
+                        serialized_named_tensors=serialize_named_tensors(keep, self.engine_tp_size),
+                        flush_cache=flushes(self.pause_mode), weight_version=version))
+
+                if keep and keep[0][1].is_cuda:
+                    self.calls.all("/update_weights_from_tensor", body())
+                else:  # CPU shared memory is unlinked once a receiver maps it: one handle set per server
+                    for url in self.calls.urls:
+                        self.calls.call(url, "/update_weights_from_tensor", body())
                 stats.buckets += 1
                 stats.tensors += len(keep)
                 stats.bytes += sum(t.numel() * t.element_size() for _, t in keep)

@@ -151,3 +151,50 @@ def test_prompt_token_mismatch_stops_with_a_clear_message(servers, tiny_ckpt):
     with pytest.raises(RolloutError, match=rf"sample 5: the rollout server counted \[{len(ids(same))}\] prompt "
                                            rf"tokens, the trainer {len(ids(other))}.*--mm-process-config"):
         client.generate([Sample(index=5, prompt=text, images=[img], prompt_ids=ids(other))])
+
+
+def test_requests_queue_at_the_client_up_to_the_servers_capacity(tmp_path):
+    """A request's timeout must measure the server's work, not a queue behind other requests: the client
+    admits at most SGLang's ``max_running_requests`` (from /get_server_info) per server at once."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    from megatron_mmr1.config import RolloutConfig
+    from megatron_mmr1.data.sample import Sample
+    from megatron_mmr1.rollout.client import RolloutClient
+    from megatron_mmr1.utils.net import free_port
+
+    state = {"running": 0, "peak": 0}
+
+    async def info(request):
+        return web.json_response({"max_running_requests": 1})
+
+    async def generate(request):
+        state["running"] += 1
+        state["peak"] = max(state["peak"], state["running"])
+        await asyncio.sleep(0.4)  # one request's work
+        state["running"] -= 1
+        return web.json_response({"text": "x", "output_ids": [1], "meta_info": {
+            "finish_reason": {"type": "stop"}, "prompt_tokens": 2, "output_token_logprobs": [[-0.1, 1, None]]}})
+
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_get("/get_server_info", info)
+    app.router.add_post("/generate", generate)
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    t = threading.Thread(target=loop.run_forever, daemon=True)
+    t.start()
+    try:
+        # 6 requests x 0.4 s of work, 1 s timeout: only the queue at the client keeps them within it
+        cfg = RolloutConfig(n=1, request_timeout_s=1.0, request_timeout_per_token_s=0.0, max_retries=0)
+        client = RolloutClient(cfg, [f"http://127.0.0.1:{port}"], max_new_tokens=1)
+        out = client.generate([Sample(index=i, prompt_ids=[1, 2]) for i in range(6)])
+        assert len(out) == 6 and state["peak"] == 1
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)

@@ -106,7 +106,7 @@ def test_resume_draws_the_same_prompts_and_reproduces_the_losses(task, tmp_path)
 def test_colocated_run_releases_and_resumes_the_servers(task, tmp_path):
     """SGLang's order (slime's colocated path): pause -> release everything -> train -> resume weights ->
     update -> resume KV cache and CUDA graphs -> continue."""
-    (s,) = spawn(run_grpo, 1, grpo_overrides(task, tmp_path, "training.train_iters=2", "rollout.colocate=true",
+    (s,) = spawn(run_grpo, 1, grpo_overrides(task, tmp_path, "training.train_iters=2", "rollout.colocate=true", "rollout.num_servers=1",
                                              "rollout.weight_sync=tensor"), True, timeout_s=600)
     assert s["steps"] == 2
     paths = [p for p, _ in s["server_calls"] if p != "/flush_cache"]
