@@ -155,8 +155,8 @@ class RolloutConfig:
     """Bucket size for broadcast weight updates."""
     colocate: bool = False
     """Servers share GPUs with the trainer (release/resume memory around training)."""
-    weight_sync_flattened: bool = False
-    """Send each bucket as one flattened tensor (SGLang flattened_bucket) instead of tensor by tensor."""
+    weight_sync_flattened: bool = True
+    """Send each bucket as one flattened tensor (SGLang flattened_bucket; one broadcast per bucket, 5x faster at 32 MB on gloo) instead of tensor by tensor."""
     weight_sync_master_address: Optional[str] = None
     """Trainer address as the servers reach it (multi-node); None = 127.0.0.1."""
     pause_mode: Literal["abort", "retract", "in_place"] = "abort"
