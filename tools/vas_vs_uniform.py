@@ -380,8 +380,9 @@ def mean_curve(recs: list[dict], key: str, x: str = "step") -> tuple[list[float]
 
 
 PANELS = ((ACC_KEY, "held-out accuracy", 1), ("vas/zero_variance_frac", "zero-variance group fraction", 3),
-          ("grad_norm", "grad norm", 3))
-"""(history key, title, trailing running-mean window in steps: per-step values of a few groups are noisy)."""
+          ("grad_norm", "grad norm", 3), ("policy/kl_ref", "KL to the SFT policy", 1))
+"""(history key, title, trailing running-mean window in steps: per-step values of a few groups are noisy);
+the KL shows how far each run drifted, which the held-out accuracy depends on as much as the sampler."""
 
 
 def running_mean(ys: Sequence[float], window: int) -> list[float]:
@@ -398,7 +399,7 @@ def make_figure(records: list[dict], title: str = "") -> Any:
     import matplotlib.pyplot as plt
 
     groups = by_arm(records)
-    fig, axes = plt.subplots(2, len(PANELS), figsize=(5 * len(PANELS), 7.5))
+    fig, axes = plt.subplots(2, len(PANELS), figsize=(4.5 * len(PANELS), 7.5))
     for row, x in enumerate(("step", "rollouts")):
         for col, (key, label, window) in enumerate(PANELS):
             ax = axes[row][col]
@@ -443,7 +444,7 @@ def report(out: Path, figure: Path) -> Optional[str]:
     table = markdown_table(summarize(records))
     (out / "table.md").write_text(table)
     plot(records, figure, title=f"tiny policy, GRPO {s['steps']} steps x {s['batch']} prompts x {s['n']} responses, "
-                               f"pool {s['steps_per_epoch'] * s['batch']} prompts; mean ± std over seeds")
+                               f"pool {s['steps_per_epoch'] * s['batch']} prompts, lr {s['lr']:g}; mean ± std over seeds")
     print(table + f"\nwrote {out / 'table.md'} and {figure}", flush=True)
     return table
 
