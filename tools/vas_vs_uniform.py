@@ -345,19 +345,33 @@ def summarize(records: list[dict]) -> list[dict]:
             "scoring_rollouts": statistics.fmean(t - tr for t, tr in zip(total, train)),
             "total_rollouts": statistics.fmean(total),
             "wall_s": statistics.fmean(float(r["wall_s"]) for r in recs),
+            "format_final": _mean_last(recs, _format_key),
+            "kl_final": _mean_last(recs, lambda r: "policy/kl_ref"),
         })
     return rows
 
 
+def _format_key(rec: dict) -> Optional[str]:
+    """The held-out format rate of the first val file (the trainer logs it per file)."""
+    return next((k for k in sorted(rec["history"]) if k.startswith("eval/") and k.endswith("/format")), None)
+
+
+def _mean_last(recs: list[dict], key_of: Any) -> Optional[float]:
+    """Mean over seeds of a key's last value; None when any run lacks it (an optional column)."""
+    last = [series(r, key_of(r))[-1][1] if key_of(r) and series(r, key_of(r)) else None for r in recs]
+    return None if any(v is None for v in last) else statistics.fmean(last)
+
+
 def markdown_table(rows: list[dict]) -> str:
     head = ("| arm | seeds | held-out acc before | held-out acc after (mean ± std) | gain (mean ± std) "
-            "| train acc | zero-var frac | grad norm | training rollouts | scoring rollouts | total rollouts "
-            "| wall per run |")
+            "| held-out format after | KL to SFT at end | train acc | zero-var frac | grad norm | training rollouts "
+            "| scoring rollouts | total rollouts | wall per run |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in rows:
         lines.append(
             f"| {r['arm']} | {r['seeds']} | {r['acc_first']:.3f} | {r['acc_final']:.3f} ± {r['acc_final_std']:.3f} "
-            f"| {r['acc_gain']:+.3f} ± {r['acc_gain_std']:.3f} | {r['train_acc']:.3f} | {r['zero_var']:.3f} "
+            f"| {r['acc_gain']:+.3f} ± {r['acc_gain_std']:.3f} | {_opt(r['format_final'])} | {_opt(r['kl_final'])} "
+            f"| {r['train_acc']:.3f} | {r['zero_var']:.3f} "
             f"| {r['grad_norm']:.3f} | {r['train_rollouts']:,.0f} | {r['scoring_rollouts']:,.0f} "
             f"| {r['total_rollouts']:,.0f} | {r['wall_s'] / 60:.1f} min |")
     return "\n".join(lines) + "\n"
@@ -449,6 +463,10 @@ def report(out: Path, figure: Path) -> Optional[str]:
     return table
 
 
+def _opt(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def _fmt_pair(p: Optional[tuple[float, float]]) -> str:
     return "n/a" if p is None else f"{p[0]:.3f} -> {p[1]:.3f}"
 
@@ -477,7 +495,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.quick:
         args.seeds = args.seeds[:1]
         args.steps, args.eval_samples, args.steps_per_epoch = min(args.steps, 3), min(args.eval_samples, 16), 4
-    args.out = args.out or ROOT / ("outputs/vas_vs_uniform_quick" if args.quick else "outputs/vas_vs_uniform")
+    args.out = (args.out or ROOT / ("outputs/vas_vs_uniform_quick" if args.quick else "outputs/vas_vs_uniform")).resolve()
     args.figure = args.figure or args.out / "vas_vs_uniform.png"
     return args
 

@@ -35,6 +35,8 @@ def synthetic_record(arm: str, seed: int) -> dict:
         "grad_norm": [[s, 0.1 * s + seed] for s in steps],
         "reward/accuracy": [[s, 0.25] for s in steps],
         "eval/average/accuracy": [[0, 0.2], [STEPS, FINAL_ACC[arm][seed]]],
+        "eval/val/format": [[0, 0.8], [STEPS, 0.5 + 0.1 * seed]],
+        "policy/kl_ref": [[s, 0.01 * s * (seed + 1)] for s in steps],
     }
     return {"arm": arm, "seed": seed, "settings": settings, "history": history, "wall_s": 60.0 * (seed + 1)}
 
@@ -59,10 +61,14 @@ def test_summary_rows(records):
         assert r["scoring_rollouts"] == SCORING[arm]
         assert r["total_rollouts"] == STEPS * B * N + SCORING[arm]
         assert r["wall_s"] == pytest.approx(120.0)
+        assert r["format_final"] == pytest.approx(0.6) and r["kl_final"] == pytest.approx(0.01 * STEPS * 2)
     table = vvu.markdown_table(list(rows.values()))
     lines = table.strip().splitlines()
     assert len(lines) == 2 + 3 and all(line.count("|") == lines[0].count("|") for line in lines)
-    assert "| vas-full | 3 | 0.200 | 0.400 ± 0.050 | +0.200 ± 0.050 |" in table
+    assert "| vas-full | 3 | 0.200 | 0.400 ± 0.050 | +0.200 ± 0.050 | 0.600 | 0.080 | 0.250 | 0.250 |" in table
+    del records[0]["history"]["policy/kl_ref"]  # an optional column: one run without it leaves it empty
+    assert "| uniform | 3 | 0.200 | 0.400 ± 0.100 | +0.200 ± 0.100 | 0.600 | n/a |" in vvu.markdown_table(
+        vvu.summarize(records))
     assert "| 32 | 64 | 96 | 2.0 min |" in table
 
 
