@@ -81,7 +81,9 @@ def grpo_split_gradients(overrides: list[str], budgets: dict[str, dict]) -> dict
     records = fixed_records(cfg, ds)
     out = {}
     for name, plan in budgets.items():
-        pcfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, **plan))
+        plan = dict(plan)
+        algo = dataclasses.replace(cfg.algorithm, **plan.pop("algorithm", {}))
+        pcfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, **plan), algorithm=algo)
         steps, _, _ = grpo.optimizer_steps(pcfg, records, ds, info, 0, {})
         if ref is not None:
             fill_logprobs(pcfg, chunks, steps, "ref_logp", pcfg.rollout.temperature, False)

@@ -45,16 +45,24 @@ def test_grpo_update_on_fixed_rollouts_matches_single_rank(task, tmp_path, grpo_
         assert_close_scaled(got[k], ref[k], 1e-5, f"{layout}: {k}")
 
 
-@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
-def test_grpo_gradient_does_not_depend_on_the_micro_batch_split(task, tmp_path, agg):
-    budgets = {"one": {"max_tokens_per_micro_batch": 100000}, "many": {"max_tokens_per_micro_batch": 400},
-               "rows": {"max_tokens_per_micro_batch": None, "micro_batch_size": 3}}
-    (out,) = spawn(grpo_split_gradients, 1, grpo_overrides(task, tmp_path, f"algorithm.loss_agg_mode={agg}"), budgets)
-    assert int(out["one"]["__num_micro_batches"]) == 1 and int(out["many"]["__num_micro_batches"]) >= 3
-    for name, grads in out.items():
-        for k, g in out["one"].items():
-            if not k.startswith("__"):
-                assert_close_scaled(grads[k], g, 1e-5, f"{agg}/{name}: {k}")
+def test_grpo_gradient_does_not_depend_on_the_micro_batch_split(task, tmp_path):
+    budgets = {}
+    for agg in ("token-mean", "seq-mean-token-mean"):
+        a = {"algorithm": {"loss_agg_mode": agg}}
+        budgets |= {f"{agg}/one": {"max_tokens_per_micro_batch": 100000, **a},
+                    f"{agg}/many": {"max_tokens_per_micro_batch": 400, **a},
+                    f"{agg}/rows": {"max_tokens_per_micro_batch": None, "micro_batch_size": 3, **a}}
+    (out,) = spawn(grpo_split_gradients, 1, grpo_overrides(task, tmp_path), budgets)
+    for agg in ("token-mean", "seq-mean-token-mean"):
+        ref = out[f"{agg}/one"]
+        assert int(ref["__num_micro_batches"]) == 1 and int(out[f"{agg}/many"]["__num_micro_batches"]) >= 3
+        for name in ("many", "rows"):
+            for k, g in ref.items():
+                if not k.startswith("__"):
+                    assert_close_scaled(out[f"{agg}/{name}"][k], g, 1e-5, f"{agg}/{name}: {k}")
+    # the two aggregations are different losses: their gradients must differ
+    k = "language_model.output_layer.weight"
+    assert not torch.allclose(out["token-mean/one"][k], out["seq-mean-token-mean/one"][k])
 
 
 def test_three_steps_with_two_ranks_sync_weights_to_the_servers(task, tmp_path):
@@ -91,7 +99,7 @@ def test_three_steps_with_two_ranks_sync_weights_to_the_servers(task, tmp_path):
 
 
 def test_resume_draws_the_same_prompts_and_reproduces_the_losses(task, tmp_path):
-    common = ("training.train_iters=4", "checkpoint.save_interval=2", "checkpoint.keep_last=3", "rollout.seed=7",
+    common = ("training.train_iters=3", "checkpoint.save_interval=2", "checkpoint.keep_last=3", "rollout.seed=7",
               "vps.update_interval=2")
     ckpt = tmp_path / "ckpt"
     (full,) = spawn(run_grpo, 1, grpo_overrides(task, tmp_path / "a", *common, f"checkpoint.save={ckpt}"), timeout_s=600)
