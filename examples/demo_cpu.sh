@@ -1,23 +1,55 @@
 #!/usr/bin/env bash
 # Tiny end-to-end CPU demo of what this build has (2 processes where parallel, gloo).
 # Usage: bash examples/demo_cpu.sh [OUT_DIR]
+#
+# Stages are functions listed in STAGES (run in order, numbered and timed); a new stage is one more
+# function and one more entry. Outputs a later stage can rely on:
+#   $OUT/data/            synthetic task: rl_train.jsonl, rl_val.jsonl (held-out prompts), sft_train.jsonl,
+#                         sft_val.jsonl (held-out traces), tokenizer/
+#   $OUT/hf_tiny/         the random tiny policy (HF)
+#   $OUT/sft/hf/          the SFT policy exported to HF;  $OUT/sft/summary.json  its run summary
+#   $OUT/eval/results.json  greedy held-out accuracy/format, random vs SFT policy
 set -euo pipefail
 OUT=${1:-outputs/demo}
 PY=${PY:-.venv/bin/python}
 TORCHRUN=${TORCHRUN:-.venv/bin/torchrun}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
+SFT_CONFIG=examples/configs/tiny_cpu_sft.yaml
+NUM_RL=640         # RL prompts; 10% (64) are the held-out greedy-eval set
+NUM_SFT_TRAIN=1500 # SFT traces trained on
+NUM_SFT_VAL=64     # held-out SFT traces for the validation loss
+EVAL_TOKENS=256    # greedy max new tokens (the traces: median 140, 99th percentile ~290)
 rm -rf "$OUT"
 mkdir -p "$OUT"
 
-echo "== 1/6 synthetic image-math task + tiny Qwen-style tokenizer =="
-$PY -m megatron_mmr1.data.synthetic --out "$OUT/data" --num 64 --seed 0 --tokenizer
+title() { echo "== $STAGE/${#STAGES[@]} $* =="; }
 
-echo "== 2/6 random tiny Qwen2.5-VL policy in Hugging Face format =="
-$PY -m megatron_mmr1.models.tiny --out "$OUT/hf_tiny" --tokenizer "$OUT/data/tokenizer" --logit-scale 20
+train() {  # torchrun on 2 gloo ranks: train ARGS...
+    $TORCHRUN --nproc_per_node 2 -m megatron_mmr1.train "$@" logging.progress=false
+}
 
-echo "== 3/6 checkpoint conversion: HF -> megatron dist checkpoint (TP=2) -> HF =="
-$PY -m megatron_mmr1.models.convert hf-to-mcore --hf "$OUT/hf_tiny" --out "$OUT/mcore_tp2" --tp 2
-$PY -m megatron_mmr1.models.convert mcore-to-hf --ckpt "$OUT/mcore_tp2" --out "$OUT/hf_roundtrip"
-$PY - "$OUT/hf_tiny" "$OUT/hf_roundtrip" <<'PYEOF'
+stage_data() {
+    title "synthetic image-math task + tiny Qwen-style tokenizer"
+    $PY -m megatron_mmr1.data.synthetic --out "$OUT/data" --num $NUM_RL --num-sft $((NUM_SFT_TRAIN + NUM_SFT_VAL)) \
+        --seed 0 --tokenizer
+    # the last NUM_SFT_VAL traces are held out (same folder: image paths stay relative to it)
+    mv "$OUT/data/sft_train.jsonl" "$OUT/data/sft_all.jsonl"
+    head -n $NUM_SFT_TRAIN "$OUT/data/sft_all.jsonl" > "$OUT/data/sft_train.jsonl"
+    tail -n $NUM_SFT_VAL "$OUT/data/sft_all.jsonl" > "$OUT/data/sft_val.jsonl"
+    rm "$OUT/data/sft_all.jsonl"
+    wc -l "$OUT"/data/*.jsonl
+}
+
+stage_policy() {
+    title "random tiny Qwen2.5-VL policy in Hugging Face format"
+    $PY -m megatron_mmr1.models.tiny --out "$OUT/hf_tiny" --tokenizer "$OUT/data/tokenizer" --logit-scale 20
+}
+
+stage_convert() {
+    title "checkpoint conversion: HF -> megatron dist checkpoint (TP=2) -> HF"
+    $PY -m megatron_mmr1.models.convert hf-to-mcore --hf "$OUT/hf_tiny" --out "$OUT/mcore_tp2" --tp 2
+    $PY -m megatron_mmr1.models.convert mcore-to-hf --ckpt "$OUT/mcore_tp2" --out "$OUT/hf_roundtrip"
+    $PY - "$OUT/hf_tiny" "$OUT/hf_roundtrip" <<'PYEOF'
 import sys
 from safetensors.torch import load_file
 from pathlib import Path
@@ -27,17 +59,72 @@ same = a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
 print(f"round trip: {len(a)} tensors, bitwise identical: {same}")
 sys.exit(0 if same else 1)
 PYEOF
+}
 
-echo "== 4/6 megatron training steps (tiny LM, synthetic tokens): TP=2, then PP=2 =="
-$TORCHRUN --nproc_per_node 2 -m megatron_mmr1.train --config examples/configs/tiny_cpu_smoke.yaml \
-    parallel.tp=2 output_dir="$OUT/lm_tp2" logging.progress=false
-$TORCHRUN --nproc_per_node 2 -m megatron_mmr1.train --config examples/configs/tiny_cpu_smoke.yaml \
-    parallel.pp=2 output_dir="$OUT/lm_pp2" logging.progress=false training.train_iters=5
+stage_sft() {
+    title "cold-start SFT of the tiny policy with TP=2 (megatron-core, 2 gloo ranks) -> HF export"
+    train --config $SFT_CONFIG parallel.tp=2 model.hf_path="$OUT/hf_tiny" model.tokenizer_path="$OUT/hf_tiny" \
+        data.train_files="[$OUT/data/sft_train.jsonl]" data.val_files="[$OUT/data/sft_val.jsonl]" \
+        output_dir="$OUT/sft" checkpoint.save="$OUT/sft/ckpt" checkpoint.export_hf="$OUT/sft/hf"
+    $PY - "$OUT/sft/summary.json" <<'PYEOF'
+import json, sys
+s = json.load(open(sys.argv[1]))
+print(f"SFT: {s['steps']} steps, {s['tokens_seen']} tokens in {s['wall_s']:.0f} s ({s['step_s_last']:.2f} s/step, "
+      f"{s['tokens_per_s_last']:.0f} tokens/s) | train loss {s['loss_first']:.3f} -> {s['loss_last']:.3f} | "
+      f"held-out val loss {s['val_loss_first']:.3f} -> {s['val_loss_last']:.3f}")
+sys.exit(0 if s["val_loss_last"] < s["val_loss_first"] else 1)
+PYEOF
+}
 
-echo "== 5/6 VAS sampling -> rollouts (stand-in server, SGLang HTTP API) -> rewards -> GRPO advantages =="
-$PY examples/rollout_vas_demo.py --model "$OUT/hf_tiny" --data "$OUT/data/rl_train.jsonl" --steps 3
+stage_pp() {
+    title "the SFT export under PP=2: same validation loss as at TP=2, then a few more SFT steps"
+    train --config $SFT_CONFIG parallel.pp=2 model.hf_path="$OUT/sft/hf" model.tokenizer_path="$OUT/sft/hf" \
+        data.train_files="[$OUT/data/sft_train.jsonl]" data.val_files="[$OUT/data/sft_val.jsonl]" \
+        output_dir="$OUT/sft_pp2" training.train_iters=4 training.eval_interval=0 logging.log_interval=1 \
+        optim.lr=5.0e-5 optim.min_lr=5.0e-5 optim.lr_decay_style=constant optim.lr_warmup_fraction=0
+    $PY - "$OUT/sft/summary.json" "$OUT/sft_pp2/summary.json" <<'PYEOF'
+import json, sys
+tp2, pp2 = (json.load(open(p)) for p in sys.argv[1:])
+a, b = tp2["val_loss_last"], pp2["val_loss_first"]
+print(f"held-out val loss of the same weights: TP=2 {a:.6f}, PP=2 {b:.6f} (rel. diff {abs(a - b) / a:.1e}); "
+      f"after {pp2['steps']} PP=2 steps {pp2['val_loss_last']:.6f}")
+sys.exit(0 if abs(a - b) <= 1e-4 * a else 1)
+PYEOF
+}
 
-echo "== 6/6 the VAS mechanism: bandit simulation, uniform vs VAS vs DAPO filtering (quick) =="
-$PY tools/vas_simulation.py --quick --out "$OUT/vas_simulation.png"
+stage_eval() {
+    title "greedy generation on the $((NUM_RL / 10)) held-out prompts via the stand-in SGLang server: random vs SFT policy"
+    $PY -m megatron_mmr1.eval --model random="$OUT/hf_tiny" --model sft="$OUT/sft/hf" --data "$OUT/data/rl_val.jsonl" \
+        --backend local --num-servers 2 --max-new-tokens $EVAL_TOKENS --out "$OUT/eval" --no-progress \
+        rollout.max_inflight=4  # the stand-in serves one request at a time: a short queue keeps requests in their timeout
+    $PY - "$OUT/eval/results.json" <<'PYEOF'
+import json, sys
+rows = {m["model"]: m["benchmarks"][0] for m in json.load(open(sys.argv[1]))["models"]}
+r, s = rows["random"], rows["sft"]
+print(f"held-out greedy ({s['n']} prompts): format {100 * r['format_rate']:.1f}% -> {100 * s['format_rate']:.1f}%, "
+      f"accuracy {100 * r['accuracy']:.1f}% -> {100 * s['accuracy']:.1f}% (random policy -> SFT policy)")
+sys.exit(0 if s["accuracy"] > r["accuracy"] and s["format_rate"] > r["format_rate"] else 1)
+PYEOF
+}
 
-echo "demo: done (outputs in $OUT)"
+stage_rollout() {
+    title "VAS sampling -> rollouts (stand-in server, SGLang HTTP API) -> rewards -> GRPO advantages"
+    # VPS scores every prompt of the pool with fresh rollouts: a 64-prompt pool keeps that short
+    head -n 64 "$OUT/data/rl_train.jsonl" > "$OUT/data/rl_pool64.jsonl"
+    $PY examples/rollout_vas_demo.py --model "$OUT/hf_tiny" --data "$OUT/data/rl_pool64.jsonl" --steps 3
+}
+
+stage_vas_simulation() {
+    title "the VAS mechanism: bandit simulation, uniform vs VAS vs DAPO filtering (quick)"
+    $PY tools/vas_simulation.py --quick --out "$OUT/vas_simulation.png"
+}
+
+STAGES=(stage_data stage_policy stage_convert stage_sft stage_pp stage_eval stage_rollout stage_vas_simulation)
+START=$SECONDS
+STAGE=0
+for fn in "${STAGES[@]}"; do
+    STAGE=$((STAGE + 1)) t0=$SECONDS
+    "$fn"
+    echo "   (stage $STAGE: $((SECONDS - t0)) s)"
+done
+echo "demo: done in $((SECONDS - START)) s (outputs in $OUT)"
