@@ -611,6 +611,8 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
     _check(cfg.data.min_pixels <= cfg.data.max_pixels,
            f"data.min_pixels={cfg.data.min_pixels} exceeds data.max_pixels={cfg.data.max_pixels}")
     _check(cfg.rollout.temperature > 0, f"rollout.temperature={cfg.rollout.temperature} must be > 0")
+    _check(0 <= cfg.optim.min_lr <= cfg.optim.lr,
+           f"optim.min_lr={cfg.optim.min_lr} must be in [0, optim.lr={cfg.optim.lr}] (the decay floor)")
     _check(not (cfg.rollout.colocate and cfg.rollout.pause_mode == "in_place"),
            "rollout.pause_mode=in_place keeps requests inside SGLang, which then refuses "
            "/release_memory_occupation (server not idle): use abort or retract with rollout.colocate")

@@ -163,3 +163,10 @@ def test_keys_a_mode_never_reads_are_named():
     assert set(unread_keys(smoke)) == {"checkpoint.save", "optim.lr_decay_style", "logging.log_interval", "rollout.n"}
     grpo = load_config(None, ["training.mode=grpo", "rollout.n=8", "data.seq_length=4096"])
     assert unread_keys(grpo) == ["data.seq_length"]
+
+
+def test_min_lr_above_lr_names_both_keys():
+    from megatron_mmr1.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"optim.min_lr=0.001 must be in \[0, optim.lr=0.0001\]"):
+        load_config(None, ["optim.lr=1e-4", "optim.min_lr=1e-3"])
