@@ -28,6 +28,7 @@ without the run's pixel limits (``--mm-process-config``, see ``tools/launch_sgla
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import logging
 import random
@@ -42,6 +43,9 @@ from megatron_mmr1.rollout.engine import image_to_base64
 from megatron_mmr1.rollout.protocol import HEALTH_CHECK_TIMEOUT_S, GenerateOutput, SamplingParams, image_data_for
 
 logger = logging.getLogger(__name__)
+
+
+_SLOTS: contextvars.ContextVar[dict] = contextvars.ContextVar("mmr1_rollout_slots", default={})
 
 
 class RolloutError(RuntimeError):
@@ -193,6 +197,8 @@ class RolloutClient:
         async with aiohttp.ClientSession(timeout=timeout) as session:
             prober = asyncio.create_task(self._probe_loop(session))
             await self._capacities(session)  # before any request: admission limits known up front
+            # semaphores live for this call's event loop only (generate() runs a fresh loop per call)
+            _SLOTS.set({s.url: asyncio.Semaphore(s.capacity) for s in self.servers if s.capacity})
             try:
                 async def one(i: int, p: Sample) -> list[Sample]:
                     async with sem:
@@ -253,11 +259,8 @@ class RolloutClient:
         self._rr += 1
         return cands[self._rr % len(cands)]
 
-    async def _capacities(self, session: aiohttp.ClientSession) -> dict[str, asyncio.Semaphore]:
-        """Per-server admission (once per client): ``max_running_requests`` when the server reports it."""
-        if getattr(self, "_capacity_known", False):
-            return self._slots
-        self._capacity_known, self._slots = True, {}
+    async def _capacities(self, session: aiohttp.ClientSession) -> None:
+        """Each server's ``max_running_requests`` (from /get_server_info), asked once per client."""
 
         async def ask(s: ServerState) -> None:
             try:
@@ -268,19 +271,17 @@ class RolloutClient:
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, TypeError):
                 s.capacity = None  # a router or an old server: no admission limit here
 
-        await asyncio.gather(*(ask(s) for s in self.servers))
-        return self._slots
+        if not getattr(self, "_capacity_known", False):
+            await asyncio.gather(*(ask(s) for s in self.servers))
+            self._capacity_known = True
 
     async def _post(self, session: aiohttp.ClientSession, s: ServerState, payload: dict) -> Any:
-        slots = await self._capacities(session)
+        slot = _SLOTS.get().get(s.url) if s.capacity else None  # this generate() call's admission gate
         s.inflight += 1  # queued or running: what _pick balances on
         try:
-            if not s.capacity:
+            if slot is None:
                 return await self._post_now(session, s, payload)
-            key = (s.url, id(asyncio.get_running_loop()))  # one semaphore per event loop (generate() makes one per call)
-            if key not in slots:
-                slots[key] = asyncio.Semaphore(s.capacity)
-            async with slots[key]:
+            async with slot:
                 return await self._post_now(session, s, payload)
         finally:
             s.inflight -= 1
