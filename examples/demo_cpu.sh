@@ -15,8 +15,6 @@ PY=${PY:-.venv/bin/python}
 TORCHRUN=${TORCHRUN:-.venv/bin/torchrun}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
 SFT_CONFIG=examples/configs/tiny_cpu_sft.yaml
-GRPO_CONFIG=examples/configs/tiny_cpu_grpo.yaml
-GRPO_STEPS=${GRPO_STEPS:-8}  # 8 prompts x 8 responses per step
 NUM_RL=640         # RL prompts; 10% (64) are the held-out greedy-eval set
 NUM_SFT_TRAIN=1500 # SFT traces trained on
 NUM_SFT_VAL=64     # held-out SFT traces for the validation loss
@@ -109,31 +107,19 @@ sys.exit(0 if s["accuracy"] > r["accuracy"] and s["format_rate"] > r["format_rat
 PYEOF
 }
 
+stage_rollout() {
+    title "VAS sampling -> rollouts (stand-in server, SGLang HTTP API) -> rewards -> GRPO advantages"
+    # VPS scores every prompt of the pool with fresh rollouts: a 64-prompt pool keeps that short
+    head -n 64 "$OUT/data/rl_train.jsonl" > "$OUT/data/rl_pool64.jsonl"
+    $PY examples/rollout_vas_demo.py --model "$OUT/hf_tiny" --data "$OUT/data/rl_pool64.jsonl" --steps 3
+}
+
 stage_vas_simulation() {
     title "the VAS mechanism: bandit simulation, uniform vs VAS vs DAPO filtering (quick)"
     $PY tools/vas_simulation.py --quick --out "$OUT/vas_simulation.png"
 }
 
-stage_grpo() {
-    title "GRPO + VAS from the SFT policy with TP=2 (2 gloo ranks, stand-in SGLang servers, weight sync every step)"
-    train --config $GRPO_CONFIG parallel.tp=2 model.hf_path="$OUT/sft/hf" \
-        data.train_files="[$OUT/data/rl_train.jsonl]" data.val_files="[$OUT/data/rl_val.jsonl]" \
-        output_dir="$OUT/grpo" training.train_iters=$GRPO_STEPS training.eval_interval=null \
-        data.max_response_length=$EVAL_TOKENS checkpoint.export_hf="$OUT/grpo/hf"
-    $PY - "$OUT/grpo/summary.json" <<'PYEOF'
-import json, sys
-s = json.load(open(sys.argv[1]))
-print(f"GRPO: {s['steps']} steps, {s['rollouts_total']} rollouts in {s['wall_s']:.0f} s ({s['step_s_last']:.1f} s/step) | "
-      f"train reward {s['reward/mean_first']:.3f} -> {s['reward/mean_last']:.3f}, accuracy "
-      f"{s['reward/accuracy_first']:.3f} -> {s['reward/accuracy_last']:.3f} (first/last windows) | zero-variance groups "
-      f"{s['vas/zero_variance_frac_first']:.2f} -> {s['vas/zero_variance_frac_last']:.2f} | trainer-vs-server log-prob "
-      f"mismatch {s['mismatch/logp_abs_mean_last']:.1e}")
-PYEOF
-    $PY -m megatron_mmr1.eval --model sft="$OUT/sft/hf" --model grpo="$OUT/grpo/hf" --data "$OUT/data/rl_val.jsonl" \
-        --backend local --num-servers 2 --max-new-tokens $EVAL_TOKENS --out "$OUT/eval_grpo" --no-progress
-}
-
-STAGES=(stage_data stage_policy stage_convert stage_sft stage_pp stage_eval stage_grpo stage_vas_simulation)
+STAGES=(stage_data stage_policy stage_convert stage_sft stage_pp stage_eval stage_rollout stage_vas_simulation)
 START=$SECONDS
 STAGE=0
 for fn in "${STAGES[@]}"; do
