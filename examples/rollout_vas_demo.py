@@ -3,8 +3,8 @@
 synthetic RL data -> VAS sampler (VPS scored with fresh rollouts) -> rollouts from a stand-in server
 speaking SGLang's HTTP API -> math-verify rewards -> GRPO advantages -> per-step VAS metrics.
 
-The megatron update that closes the loop belongs to the GRPO trainer (not in this build yet); see
-``training.mode=lm_smoke`` for the megatron side.
+The megatron update that closes the loop is the GRPO trainer's (``training.mode=grpo``, which uses the
+same ``group`` and VPS ``score_fn`` from ``megatron_mmr1.training.experience``).
 
     python examples/rollout_vas_demo.py --model DIR --data rl_train.jsonl [--steps 3]
 """
@@ -13,28 +13,19 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 
 from megatron_mmr1.algorithms.advantages import compute_grpo_advantages
 from megatron_mmr1.config import load_config
 from megatron_mmr1.data.dataset import build_dataset
-from megatron_mmr1.data.sample import Sample
 from megatron_mmr1.data.tokenizer import load_tokenizer
 from megatron_mmr1.rewards import compute_rewards, reward_pool
 from megatron_mmr1.rollout.client import RolloutClient
 from megatron_mmr1.rollout.servers import rollout_servers
 from megatron_mmr1.sampling.controller import PromptSampler
+from megatron_mmr1.training.experience import group, make_score_fn
 from megatron_mmr1.utils.logging import get_logger
 
 logger = get_logger("examples.rollout_vas_demo")
-
-
-def group(samples: list[Sample], n: int) -> tuple[torch.Tensor, torch.Tensor, list[list[list[int]]]]:
-    """Prompt-major rollouts -> (rewards [G, n], accuracy [G, n], response token ids per group)."""
-    rewards = torch.tensor([s.reward for s in samples]).view(-1, n)  # (G, n)
-    acc = torch.tensor([s.reward_info.get("accuracy", 0.0) for s in samples]).view(-1, n)  # (G, n)
-    tokens = [[s.response_ids for s in samples[g * n:(g + 1) * n]] for g in range(len(samples) // n)]
-    return rewards, acc, tokens
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,12 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     with rollout_servers(cfg.rollout, model_dir=args.model) as urls, reward_pool(cfg.reward) as pool:
         client = RolloutClient(cfg.rollout, urls, max_new_tokens=cfg.data.max_response_length)
 
-        def score_fn(indices: list[int]):
-            """VPS scoring: N fresh rollouts per prompt, accuracy rewards and token ids."""
-            out = compute_rewards(client.generate(ds.get_batch(indices).samples, n=cfg.vps.num_rollouts), cfg.reward, pool)
-            _, acc, tokens = group(out, cfg.vps.num_rollouts)
-            return acc, tokens
-
+        score_fn = make_score_fn(ds, client, cfg.reward, pool, cfg.vps.num_rollouts)  # the trainer's VPS scoring
         sampler = PromptSampler(len(ds), cfg.training.rollout_batch_size, cfg.sampler, cfg.vps, score_fn)
         for step in range(1, args.steps + 1):
             indices = sampler.next_batch()

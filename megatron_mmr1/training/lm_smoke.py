@@ -18,6 +18,7 @@ from megatron_mmr1.config import RunConfig
 from megatron_mmr1.models.language import build_language_model
 from megatron_mmr1.models.presets import resolve_model_dims
 from megatron_mmr1.parallel import DistInfo
+from megatron_mmr1.training.setup import build_optimizer, clip_grad_norm_cpu
 from megatron_mmr1.utils.logging import TensorBoardWriter, get_logger, progress
 
 logger = get_logger(__name__)
@@ -95,39 +96,6 @@ def forward_backward(model, batches: list[SmokeBatch], seq_length: int, micro_ba
     return float(torch.stack([d["lm loss"] for d in losses]).mean())
 
 
-def build_optimizer(cfg: RunConfig, model):
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-
-    on_gpu = torch.cuda.is_available()
-    opt_cfg = OptimizerConfig(
-        optimizer="adam", lr=cfg.optim.lr, min_lr=cfg.optim.min_lr, weight_decay=cfg.optim.weight_decay,
-        adam_beta1=cfg.optim.adam_beta1, adam_beta2=cfg.optim.adam_beta2, adam_eps=cfg.optim.adam_eps,
-        # megatron's grad clipping asserts CUDA tensors: on CPU clip in torch (see cpu_step).
-        clip_grad=cfg.optim.clip_grad if on_gpu else 0.0,
-        bf16=model.config.bf16, params_dtype=model.config.params_dtype,
-        use_distributed_optimizer=cfg.parallel.use_distributed_optimizer and on_gpu,
-    )
-    return get_megatron_optimizer(opt_cfg, [model])
-
-
-def clip_grad_norm_cpu(model, max_norm: float) -> float:
-    """Global grad norm over TP/PP (megatron's rule: TP-duplicated params counted once), then clip."""
-    import torch.distributed as dist
-    from megatron.core import parallel_state as mpu
-    from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
-
-    grads = [p.main_grad for p in model.parameters()
-             if p.requires_grad and param_is_not_tensor_parallel_duplicate(p)]
-    sq = torch.stack([g.float().square().sum() for g in grads]).sum() if grads else torch.zeros(())
-    dist.all_reduce(sq, group=mpu.get_model_parallel_group())
-    norm = float(sq.sqrt())
-    if max_norm > 0 and norm > max_norm:
-        for p in model.parameters():
-            if p.requires_grad:
-                p.main_grad.mul_(max_norm / (norm + 1e-6))
-    return norm
-
-
 def train_step(cfg: RunConfig, model, optimizer, batches: list[SmokeBatch], seq_length: int) -> tuple[Optional[float], float]:
     model.zero_grad_buffer()
     optimizer.zero_grad()
@@ -136,7 +104,7 @@ def train_step(cfg: RunConfig, model, optimizer, batches: list[SmokeBatch], seq_
         _, grad_norm, _ = optimizer.step()
     else:
         model.finish_grad_sync()
-        grad_norm = clip_grad_norm_cpu(model, cfg.optim.clip_grad)
+        grad_norm = clip_grad_norm_cpu([model], cfg.optim.clip_grad)
         optimizer.step()
     return loss, float(grad_norm or 0.0)
 
@@ -156,7 +124,7 @@ def run(cfg: RunConfig, dist_info: DistInfo, steps: int, seq_length: int = 32) -
     """Train ``steps`` steps; returns the loss per step (the same list on every rank)."""
     dims = resolve_model_dims(cfg.model)
     model = build_model(cfg)
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, [model])
     num_micro = cfg.training.global_batch_size // (cfg.training.micro_batch_size * dist_info.dp)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("model: %s, %.2fM params on this rank, tp=%d pp=%d dp=%d, %d micro-batches/step",
