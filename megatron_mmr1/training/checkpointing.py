@@ -216,3 +216,31 @@ def export_hf(cfg: RunConfig, chunks: list, out_dir: str) -> Optional[Path]:
         logger.info("exported Hugging Face checkpoint to %s", out)
     _barrier()
     return out
+
+
+class Checkpointer:
+    """What a loop does with checkpoints at its step boundaries: periodic saves (``checkpoint.save_interval``),
+    the save of an interrupted run, the final save; all no-ops without ``checkpoint.save``.
+    ``trainer_state()`` returns the loop's own state at the moment of a save."""
+
+    def __init__(self, cfg: RunConfig, chunks: list, optimizer, scheduler, trainer_state) -> None:
+        self.cfg, self.chunks, self.optimizer, self.scheduler = cfg, chunks, optimizer, scheduler
+        self.trainer_state = trainer_state
+
+    def save(self, step: int) -> None:
+        if self.cfg.checkpoint.save:
+            save_checkpoint(self.cfg, step, self.chunks, self.optimizer, self.scheduler, self.trainer_state(),
+                            hf_source=self.cfg.model.hf_path)
+
+    def periodic(self, step: int, total: int) -> None:
+        """The ``save_interval`` save after ``step`` (the last step is saved by the loop's end)."""
+        interval = self.cfg.checkpoint.save_interval
+        if interval and step % interval == 0 and step < total:
+            self.save(step)
+
+    def interrupted(self, step: int, total: int) -> str:
+        """Save an interrupted run; returns the line that says what happened."""
+        self.save(step)
+        where = (f"; checkpoint saved in {self.cfg.checkpoint.save}" if self.cfg.checkpoint.save else
+                 " (checkpoint.save is not set: nothing saved)")
+        return f"interrupted at step {step}/{total}{where}"

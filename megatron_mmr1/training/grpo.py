@@ -28,7 +28,7 @@ from megatron_mmr1.config import ConfigError, RunConfig
 from megatron_mmr1.parallel import DistInfo
 from megatron_mmr1.training import experience as xp
 from megatron_mmr1.training import micro_batches as mbs
-from megatron_mmr1.training.checkpointing import export_hf, load_checkpoint, resolve_load_dir, save_checkpoint
+from megatron_mmr1.training.checkpointing import Checkpointer, export_hf, load_checkpoint, resolve_load_dir
 from megatron_mmr1.training.faults import SkipCounter, StopSignal
 from megatron_mmr1.training.monitor import PhaseTimer, RunMonitor
 from megatron_mmr1.training.policy import ReferencePolicy, RolloutWeightSync, expected_version, fill_logprobs
@@ -232,9 +232,7 @@ def run(cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
             return {"sampler": producer.sampler_state() if rank0 else None, "skips": skips.state_dict(),
                     "weight_version": version, "rollouts": rollouts_total}
 
-        def save(step: int) -> None:
-            if cfg.checkpoint.save:
-                save_checkpoint(cfg, step, chunks, optimizer, scheduler, trainer_state(), hf_source=cfg.model.hf_path)
+        ckpt = Checkpointer(cfg, chunks, optimizer, scheduler, trainer_state)
 
         rollouts_total = int(meta["trainer"].get("rollouts", 0)) if meta else 0
         step, interrupted = start, False
@@ -283,15 +281,11 @@ def run(cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
                 if stop.should_stop(info.device):
                     interrupted = True
                     break
-                if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 and step < total:
-                    save(step)
+                ckpt.periodic(step, total)
         if interrupted:
-            save(step)
-            monitor.write(f"interrupted at step {step}/{total}" +
-                          (f"; checkpoint saved in {cfg.checkpoint.save}" if cfg.checkpoint.save else
-                           " (checkpoint.save is not set: nothing saved)"))
+            monitor.write(ckpt.interrupted(step, total))
         elif step > start:
-            save(step)
+            ckpt.save(step)
         if cfg.checkpoint.export_hf and not interrupted:
             export_hf(cfg, chunks, cfg.checkpoint.export_hf)
         extra: dict[str, Any] = {"steps": step, "rollouts_total": rollouts_total, "skipped_steps": skips.total}

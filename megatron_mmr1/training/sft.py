@@ -17,7 +17,7 @@ import torch
 from megatron_mmr1.config import ConfigError, RunConfig
 from megatron_mmr1.parallel import DistInfo
 from megatron_mmr1.training import micro_batches as mbs
-from megatron_mmr1.training.checkpointing import export_hf, load_checkpoint, resolve_load_dir, save_checkpoint
+from megatron_mmr1.training.checkpointing import Checkpointer, export_hf, load_checkpoint, resolve_load_dir
 from megatron_mmr1.training.faults import SkipCounter, StopSignal
 from megatron_mmr1.training.monitor import PhaseTimer, RunMonitor
 from megatron_mmr1.training.setup import (build_optimizer, build_policy, build_scheduler, count_params, current_lr,
@@ -201,9 +201,7 @@ def run(cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
     def trainer_state() -> dict:
         return {"data": batches.state_dict(), "skips": skips.state_dict(), "tokens_seen": tokens_seen}
 
-    def save(step: int) -> None:
-        if cfg.checkpoint.save:
-            save_checkpoint(cfg, step, chunks, optimizer, scheduler, trainer_state(), hf_source=cfg.model.hf_path)
+    ckpt = Checkpointer(cfg, chunks, optimizer, scheduler, trainer_state)
 
     monitor = RunMonitor(cfg, info.rank, total, start, desc="sft")
     forward_step = make_forward_step(cfg, sft_loss, varlen)
@@ -240,19 +238,15 @@ def run(cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
             if stop.should_stop(info.device):
                 interrupted = True
                 break
-            if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 and step < total:
-                save(step)
+            ckpt.periodic(step, total)
     if interrupted:
-        save(step)
-        monitor.write(f"interrupted at step {step}/{total}" +
-                      (f"; checkpoint saved in {cfg.checkpoint.save}" if cfg.checkpoint.save else
-                       " (checkpoint.save is not set: nothing saved)"))
+        monitor.write(ckpt.interrupted(step, total))
         return monitor.summary({"interrupted_at": step, "tokens_seen": tokens_seen}, ("loss",))
     val_last = validation_loss(cfg, chunks, val_ds, info, pad_id, varlen) if val_ds is not None else None
     if val_last is not None:
         monitor.scalars({"loss": val_last}, step, prefix="val/")
     if step > start:
-        save(step)
+        ckpt.save(step)
     if cfg.checkpoint.export_hf:
         export_hf(cfg, chunks, cfg.checkpoint.export_hf)
     extra = {"steps": step, "tokens_seen": tokens_seen, "skipped_steps": skips.total}
