@@ -15,7 +15,6 @@ still fails is counted as wrong and logged, unless no server is left (then the e
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import math
 from typing import Any, Callable, Optional, Sequence, Union
@@ -85,10 +84,9 @@ def generate_responses(client: RolloutClient, prompts: Sequence[Sample] | Callab
     ``prompts`` may be a function index -> Sample, so that images are read only when their chunk is sent."""
     make = prompts if callable(prompts) else prompts.__getitem__
     n = len(prompts) if n is None else n  # type: ignore[arg-type]
-    if max_new_tokens is not None and max_new_tokens != client.max_new_tokens:
-        client = copy.copy(client)  # same servers, health state and stats; its own response budget
-        client.max_new_tokens = max_new_tokens
     sampling: dict[str, Any] = {"n": k, "temperature": temperature}
+    if max_new_tokens is not None:
+        sampling["max_new_tokens"] = max_new_tokens
     if n == 0:
         return []
     return asyncio.run(_generate_all(client, make, n, k, sampling, progress, desc))

@@ -180,6 +180,7 @@ class RolloutClient:
         self.max_abort_resubmits = max_abort_resubmits
         self.stats = RolloutStats()
         self._rr = 0
+        self._capacity_known = False  # servers' max_running_requests read (once, on the first generate)
 
     def request_timeout_s(self, max_new_tokens: int) -> float:
         """Base plus a per-token allowance: a long decode is not a frozen server."""
@@ -191,7 +192,8 @@ class RolloutClient:
         return asyncio.run(self.agenerate(prompts, **sampling_override))
 
     async def agenerate(self, prompts: Sequence[Sample], **sampling_override: Any) -> list[Sample]:
-        sp = sampling_params_from_config(self.cfg, self.max_new_tokens, **sampling_override)
+        max_new_tokens = sampling_override.pop("max_new_tokens", self.max_new_tokens)  # per-call budget (eval)
+        sp = sampling_params_from_config(self.cfg, max_new_tokens, **sampling_override)
         sem = asyncio.Semaphore(self.cfg.max_inflight)
         timeout = aiohttp.ClientTimeout(total=self.request_timeout_s(sp.max_new_tokens))
         async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -271,7 +273,7 @@ class RolloutClient:
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, TypeError):
                 s.capacity = None  # a router or an old server: no admission limit here
 
-        if not getattr(self, "_capacity_known", False):
+        if not self._capacity_known:
             await asyncio.gather(*(ask(s) for s in self.servers))
             self._capacity_known = True
 

@@ -48,7 +48,6 @@ class RunMonitor:
         self._bar_iter = iter(self.bar)
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self.t_start = time.time()
-        self.tokens = 0
 
     def step(self, step: int, metrics: dict[str, float], line_keys: tuple[str, ...] = ()) -> None:
         """Record step ``step`` (1-based): TensorBoard, history, progress bar, and the log line."""

@@ -29,7 +29,7 @@ logger = get_logger(__name__)
 
 # ---- log-probs without gradients ------------------------------------------------------------------------
 
-def _store_logprobs_loss(cfg: RunConfig, key: str, temperature: float, chunk: Any, mb: mbs.MicroBatch,
+def _store_logprobs_loss(key: str, temperature: float, cfg: RunConfig, chunk: Any, mb: mbs.MicroBatch,
                          hidden: torch.Tensor):
     from megatron_mmr1.training.sft import token_logprobs
 
@@ -50,17 +50,13 @@ def fill_logprobs(cfg: RunConfig, chunks: list, steps: Sequence[list[mbs.MicroBa
 
     for c in chunks:
         c.eval()
-    step = make_forward_step(cfg, partial(_bind_key, key, temperature), varlen)
+    step = make_forward_step(cfg, partial(_store_logprobs_loss, key, temperature), varlen)
     try:
         for micro in steps:
             forward_backward(chunks, step, micro, forward_only=True)
     finally:
         for c in chunks:
             c.train()
-
-
-def _bind_key(key, temperature, cfg, chunk, mb, hidden):
-    return _store_logprobs_loss(cfg, key, temperature, chunk, mb, hidden)
 
 
 class ReferencePolicy:
