@@ -33,8 +33,8 @@ from megatron_mmr1.training.faults import SkipCounter, StopSignal
 from megatron_mmr1.training.monitor import PhaseTimer, RunMonitor
 from megatron_mmr1.training.policy import ReferencePolicy, RolloutWeightSync, expected_version, fill_logprobs
 from megatron_mmr1.training.setup import (build_optimizer, build_policy, build_scheduler, count_params, current_lr,
-                                          sum_metric, train_step)
-from megatron_mmr1.training.sft import make_forward_step, token_budget, token_logprobs, varlen_attention
+                                          make_forward_step, sum_metric, token_budget, token_logprobs, train_step,
+                                          varlen_attention)
 from megatron_mmr1.utils.logging import get_logger
 
 logger = get_logger(__name__)

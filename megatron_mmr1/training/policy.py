@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from megatron_mmr1.config import ConfigError, RunConfig
 from megatron_mmr1.training import micro_batches as mbs
-from megatron_mmr1.training.setup import forward_backward, unwrap
+from megatron_mmr1.training.setup import forward_backward, make_forward_step, token_logprobs, unwrap
 from megatron_mmr1.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -31,8 +31,6 @@ logger = get_logger(__name__)
 
 def _store_logprobs_loss(key: str, temperature: float, cfg: RunConfig, chunk: Any, mb: mbs.MicroBatch,
                          hidden: torch.Tensor):
-    from megatron_mmr1.training.sft import token_logprobs
-
     with torch.no_grad():
         mb.token_data[key] = token_logprobs(cfg, chunk, hidden, mb.targets, temperature=temperature).detach()
     zero = hidden.new_zeros(())
@@ -45,8 +43,6 @@ def fill_logprobs(cfg: RunConfig, chunks: list, steps: Sequence[list[mbs.MicroBa
     """``mb.token_data[key]`` = log p(targets) (b, T) under the current weights, for every micro-batch of
     every optimizer step (last PP stage; the other stages only run their layers)."""
     from functools import partial
-
-    from megatron_mmr1.training.sft import make_forward_step
 
     for c in chunks:
         c.eval()

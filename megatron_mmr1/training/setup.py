@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from functools import partial
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 import torch.distributed as dist
 
 from megatron_mmr1.config import RunConfig
+from megatron_mmr1.training import micro_batches as mbs
 from megatron_mmr1.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -211,6 +213,46 @@ def train_step(cfg: RunConfig, chunks: list, optimizer, scheduler, forward_step:
     metrics = {k: v for k, v in reduced.items() if not k.endswith("__count") and k != loss_key}
     return StepResult(loss=loss, num_tokens=int(reduced.get(f"{loss_key}__count", 0)), grad_norm=grad_norm,
                       skipped=not ok, metrics=metrics)
+
+
+# ---- one micro-batch through the policy --------------------------------------------------------------
+
+def token_logprobs(cfg: RunConfig, chunk: Any, hidden: torch.Tensor, targets: torch.Tensor,
+                   with_entropy: bool = False, temperature: float = 1.0):
+    """log p(targets) from the last hidden states and the vocab-parallel head (no [T, V] logits)."""
+    from megatron.core import parallel_state as mpu
+    from mmr1_kernels import fused_logprobs
+
+    return fused_logprobs(hidden, chunk.output_layer_weight(), targets.clamp(min=0), temperature=temperature,
+                          tp_group=mpu.get_tensor_model_parallel_group(), with_entropy=with_entropy,
+                          chunk_size=cfg.algorithm.fused_chunk_size, backend=cfg.algorithm.kernel_backend)
+
+
+def make_forward_step(cfg: RunConfig, loss_fn, varlen: bool):
+    """megatron ``forward_step_func`` over :class:`MicroBatch` items; ``loss_fn(cfg, chunk, mb, hidden)``."""
+
+    def forward_step(data_iterator, model):
+        mb = next(data_iterator)
+        chunk = unwrap(model)
+        position_ids, mask, packed = mbs.model_inputs(mb, chunk, varlen)
+        out = model(mb.input_ids, position_ids, mask, pixel_values=mb.pixel_values, image_grid_thw=mb.image_grid_thw,
+                    return_hidden=True, packed_seq_params=packed)
+        return out, partial(loss_fn, cfg, chunk, mb)
+
+    return forward_step
+
+
+def varlen_attention(cfg: RunConfig) -> bool:
+    from megatron_mmr1.models.language import uses_te
+
+    return uses_te(cfg.model)
+
+
+def token_budget(cfg: RunConfig) -> Optional[int]:
+    """Packed micro-batches of this many tokens, or None (micro_batch_size padded rows)."""
+    if cfg.training.max_tokens_per_micro_batch:
+        return cfg.training.max_tokens_per_micro_batch
+    return cfg.data.seq_length if cfg.data.packing else None
 
 
 def sum_metric(value: torch.Tensor, count: torch.Tensor | float) -> torch.Tensor:

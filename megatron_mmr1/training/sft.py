@@ -9,8 +9,7 @@ mean over the assistant tokens of the whole global batch, through the fused log-
 from __future__ import annotations
 
 import time
-from functools import partial
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -21,24 +20,14 @@ from megatron_mmr1.training.checkpointing import Checkpointer, export_hf, load_c
 from megatron_mmr1.training.faults import SkipCounter, StopSignal
 from megatron_mmr1.training.monitor import PhaseTimer, RunMonitor
 from megatron_mmr1.training.setup import (build_optimizer, build_policy, build_scheduler, count_params, current_lr,
-                                          forward_backward, reduce_loss_dicts, sum_metric, train_step, unwrap)
+                                          forward_backward, make_forward_step, reduce_loss_dicts, sum_metric,
+                                          token_budget, token_logprobs, train_step, varlen_attention)
 from megatron_mmr1.utils.logging import get_logger
 
 logger = get_logger(__name__)
 
 
 # ---- the loss ------------------------------------------------------------------------------------------
-
-def token_logprobs(cfg: RunConfig, chunk: Any, hidden: torch.Tensor, targets: torch.Tensor,
-                   with_entropy: bool = False, temperature: float = 1.0):
-    """log p(targets) from the last hidden states and the vocab-parallel head (no [T, V] logits)."""
-    from megatron.core import parallel_state as mpu
-    from mmr1_kernels import fused_logprobs
-
-    return fused_logprobs(hidden, chunk.output_layer_weight(), targets.clamp(min=0), temperature=temperature,
-                          tp_group=mpu.get_tensor_model_parallel_group(), with_entropy=with_entropy,
-                          chunk_size=cfg.algorithm.fused_chunk_size, backend=cfg.algorithm.kernel_backend)
-
 
 def sft_loss(cfg: RunConfig, chunk: Any, mb: mbs.MicroBatch, hidden: torch.Tensor):
     """(sum of -log p over loss tokens, their count, metrics): megatron's per-token-loss contract."""
@@ -48,39 +37,12 @@ def sft_loss(cfg: RunConfig, chunk: Any, mb: mbs.MicroBatch, hidden: torch.Tenso
     return loss_sum, n.to(torch.int), {"loss": sum_metric(loss_sum, n)}
 
 
-def make_forward_step(cfg: RunConfig, loss_fn, varlen: bool):
-    """megatron ``forward_step_func`` over :class:`MicroBatch` items; ``loss_fn(cfg, chunk, mb, hidden)``."""
-
-    def forward_step(data_iterator, model):
-        mb = next(data_iterator)
-        chunk = unwrap(model)
-        position_ids, mask, packed = mbs.model_inputs(mb, chunk, varlen)
-        out = model(mb.input_ids, position_ids, mask, pixel_values=mb.pixel_values, image_grid_thw=mb.image_grid_thw,
-                    return_hidden=True, packed_seq_params=packed)
-        return out, partial(loss_fn, cfg, chunk, mb)
-
-    return forward_step
-
-
-def varlen_attention(cfg: RunConfig) -> bool:
-    from megatron_mmr1.models.language import uses_te
-
-    return uses_te(cfg.model)
-
-
 # ---- data ----------------------------------------------------------------------------------------------
 
 def example_to_sequence(ex: Any) -> mbs.TrainSequence:
     return mbs.TrainSequence(input_ids=torch.as_tensor(ex.input_ids, dtype=torch.long),
                              targets=mbs.next_token_targets(ex.labels), pixel_values=ex.pixel_values,
                              image_grid_thw=ex.image_grid_thw)
-
-
-def token_budget(cfg: RunConfig) -> Optional[int]:
-    """Packed micro-batches of this many tokens, or None (micro_batch_size padded rows)."""
-    if cfg.training.max_tokens_per_micro_batch:
-        return cfg.training.max_tokens_per_micro_batch
-    return cfg.data.seq_length if cfg.data.packing else None
 
 
 def build_micro_batches(cfg: RunConfig, dataset: Any, indices: list[int], info: DistInfo, pad_id: int,
