@@ -186,7 +186,7 @@ def worker_main(args: argparse.Namespace) -> int:
                 log_file = prepare_output_dir(cfg) / "train.log"
             setup_logging(cfg.logging.level, log_file=log_file)
             logger.info("run %s: output_dir %s (config.yaml, train.log)", cfg.name, cfg.output_dir)
-            unread = unread_keys(cfg)
+            unread = unread_keys(cfg) if _env_rank() == 0 else []  # one warning per run, not per rank
             if unread:
                 logger.warning("training.mode=%s does not read %s (set away from the default; ignored)",
                                cfg.training.mode, ", ".join(unread))
