@@ -2,14 +2,20 @@
 
 The trainer already runs its own default group (torchrun); the weight-update group joins the
 trainer's sender rank with the rollout engines' ranks, rendezvousing on its own TCP address.
-This is the helper SGLang uses on its side (``sglang.srt.utils.common.init_custom_process_group``,
-checked at SGLang 0.5.23), so both ends build the group the same way; gloo on CPU, nccl on GPU.
+It mirrors the helper SGLang uses on its side (``sglang.srt.utils.common.init_custom_process_group``,
+checked at SGLang 0.5.23), with one difference: the store is built here rather than through
+``torch.distributed.rendezvous``. Under torchrun (``TORCHELASTIC_USE_AGENT_STORE=True``) that
+rendezvous makes every rank, rank 0 included, a *client* of a store it assumes the elastic agent
+hosts at the given address; nobody hosts our free port, so the trainer and the servers would wait
+for each other until the timeout. Rank 0 (the trainer) always hosts the store here; the servers'
+ranks are clients either way. gloo on CPU, nccl on GPU.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import Optional
+from urllib.parse import urlparse
 
 import torch.distributed as dist
 from torch.distributed.distributed_c10d import (
@@ -18,7 +24,6 @@ from torch.distributed.distributed_c10d import (
     _new_process_group_helper,
     _world,
     default_pg_timeout,
-    rendezvous,
 )
 
 
@@ -36,8 +41,11 @@ def init_custom_process_group(
     and ``src`` as a group rank.
     """
     timeout = timeout or default_pg_timeout
-    store, rank, world_size = next(rendezvous(init_method, rank, world_size, timeout=timeout))
-    store.set_timeout(timeout)
+    url = urlparse(init_method)
+    if url.scheme != "tcp" or url.hostname is None or url.port is None:
+        raise ValueError(f"weight-update group: init_method must be tcp://host:port, got {init_method!r}")
+    store = dist.TCPStore(url.hostname, url.port, world_size, is_master=rank == 0, timeout=timeout,
+                          multi_tenant=True)
     store = PrefixStore(group_name, store)  # several groups may share one TCP store
     pg, _ = _new_process_group_helper(
         world_size, rank, [], Backend(backend), store, group_name=group_name, timeout=timeout
