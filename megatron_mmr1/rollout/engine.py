@@ -5,7 +5,8 @@ see them: image placeholders expanded by the Qwen2.5-VL processor rules (``smart
 server's min/max pixels), n samples per prompt, ``log_softmax(logits / T)`` log-probs of the
 sampled tokens (SGLang 0.5.23's default), stop tokens / strings, finish reasons, and weights
 addressed by their Hugging Face checkpoint names (``model.layers.*``, ``visual.*``, ``lm_head.*``).
-Requests run one at a time; this is a correctness stand-in, not a fast server.
+Requests with the same sampling parameters are decoded together in one left-padded batch (the
+server queues them while a batch runs); this is a correctness stand-in, not a fast server.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import io
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
 import torch
@@ -29,6 +31,51 @@ IMAGE_PAD = "<|image_pad|>"
 
 class EngineError(ValueError):
     """A request the engine cannot serve (answered with HTTP 400)."""
+
+
+@dataclass
+class GenRequest:
+    """One /generate prompt after encoding: prompt ids with expanded image pads, its vision tensors."""
+
+    ids: list[int]
+    pixel_values: Optional[torch.Tensor]
+    grid_thw: Optional[torch.Tensor]
+    sp: SamplingParams
+    return_logprob: bool
+    rid: str
+
+
+def is_greedy(sp: SamplingParams) -> bool:
+    return sp.temperature <= 1e-5 or sp.top_k == 1
+
+
+def batch_key(sp: SamplingParams) -> tuple:
+    """Requests decode in one batch only when everything that shapes their decoding is equal."""
+    greedy = is_greedy(sp)
+    return (greedy, None if greedy else (float(sp.temperature), float(sp.top_p), sp.top_k),
+            int(sp.max_new_tokens), tuple(sorted(sp.stop_token_ids or [])), tuple(sp.stop or []))
+
+
+class _RowSampler:
+    """Samples every row with its own generator and hands ``generate`` (run greedy) the choice as the
+    only finite logit: temperature, then top-k, then top-p, as SGLang's sampler orders them."""
+
+    def __init__(self, gens: list[torch.Generator], temperature: float, top_p: float, top_k: Optional[int]):
+        self.gens, self.temperature, self.top_p = gens, temperature, top_p
+        self.top_k = int(top_k) if top_k is not None and top_k > 0 else None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logits = scores.float() / self.temperature
+        if self.top_k is not None and self.top_k < logits.shape[-1]:
+            kth = logits.topk(self.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        if self.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            sorted_p = sorted_p.masked_fill(sorted_p.cumsum(-1) - sorted_p > self.top_p, 0.0)
+            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+        choice = torch.stack([torch.multinomial(probs[j], 1, generator=g) for j, g in enumerate(self.gens)])
+        return torch.full_like(scores, float("-inf")).scatter_(-1, choice, 0.0)
 
 
 def checkpoint_to_module_name(name: str) -> str:
@@ -94,6 +141,12 @@ class LocalEngine:
         self._gen = torch.Generator().manual_seed(seed)
         self._params = dict(self.model.named_parameters())
         self._shapes = {k: tuple(p.shape) for k, p in self._params.items()}
+        self._keys: dict[str, str] = {}
+        """Checkpoint name -> module name, cached (a weight update looks up every name)."""
+        self._arena: dict[str, tuple[int, int]] = {}
+        """Module name -> (arena id, byte offset) for parameters laid out back to back in one uint8
+        arena, in the order a flattened bucket sent them (see ``receive_target``)."""
+        self._arenas: dict[int, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ prompts
     def encode(self, text: Optional[str], input_ids: Optional[list[int]], images: Sequence[Any]):
@@ -124,6 +177,12 @@ class LocalEngine:
         return out, processed.pixel_values, processed.image_grid_thw
 
     # ------------------------------------------------------------------ generation
+    def prepare(self, text: Optional[str], input_ids: Optional[list[int]], images: Sequence[Any],
+                sp: SamplingParams, return_logprob: bool, rid: str) -> "GenRequest":
+        """One request, encoded: errors here are this request's alone (the batch it would join goes on)."""
+        ids, pixel_values, grid_thw = self.encode(text, input_ids, images)
+        return GenRequest(ids, pixel_values, grid_thw, sp, return_logprob, rid)
+
     @torch.no_grad()
     def generate(
         self,
@@ -136,35 +195,53 @@ class LocalEngine:
         weight_version: str,
     ) -> list[dict]:
         """The ``sp.n`` outputs of one prompt, as SGLang's /generate output dicts."""
-        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+        return self.generate_batch([self.prepare(text, input_ids, images, sp, return_logprob, rid)], weight_version)[0]
+
+    @torch.no_grad()
+    def generate_batch(self, reqs: Sequence["GenRequest"], weight_version: str) -> list[list[dict]]:
+        """Several requests of one :func:`batch_key` decoded together (their ``n`` samples each are rows of
+        one left-padded batch), as SGLang's scheduler batches running requests. Every row samples with its
+        own generator, seeded from its request's ``sampling_seed`` and its sample index, so a request's
+        tokens do not depend on what it was batched with."""
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         if self.weights_released:
             raise EngineError("weights are released (/release_memory_occupation); resume them first")
-        ids, pixel_values, grid_thw = self.encode(text, input_ids, images)
-        n = max(1, int(sp.n))
-        x = torch.tensor([ids] * n, dtype=torch.long)  # (n, L): the n samples share the prompt
-        kwargs: dict[str, Any] = {"input_ids": x, "attention_mask": torch.ones_like(x)}
-        if pixel_values is not None:
-            kwargs["pixel_values"] = pixel_values.to(self.dtype).repeat(n, 1)
-            kwargs["image_grid_thw"] = grid_thw.repeat(n, 1)
+        keys = {batch_key(r.sp) for r in reqs}
+        if len(keys) != 1:
+            raise EngineError(f"one batch needs one set of sampling parameters, got {len(keys)}")
+        sp = reqs[0].sp
+        rows = [(r, i) for r in reqs for i in range(max(1, int(r.sp.n)))]
+        width = max(len(r.ids) for r in reqs)
+        x = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(x)
+        for j, (r, _) in enumerate(rows):  # left padding: every row's prompt ends at the same column
+            x[j, width - len(r.ids):] = torch.tensor(r.ids)
+            mask[j, width - len(r.ids):] = 1
+        kwargs: dict[str, Any] = {"input_ids": x, "attention_mask": mask}
+        with_images = [r for r, _ in rows if r.pixel_values is not None]
+        if with_images:
+            kwargs["pixel_values"] = torch.cat([r.pixel_values.to(self.dtype) for r in with_images])
+            kwargs["image_grid_thw"] = torch.cat([r.grid_thw for r in with_images])
             # transformers 5 computes Qwen2.5-VL's 3-D M-RoPE positions only when told which tokens are
             # image tokens; without this every image patch gets a plain 1-D text position (SGLang and the
             # trainer use the 3-D ones).
             kwargs["mm_token_type_ids"] = (x == self.image_token_id).int()
-        greedy = sp.temperature <= 1e-5 or sp.top_k == 1
+        greedy = is_greedy(sp)
         stop_ids = set(self.eos_token_ids) | set(sp.stop_token_ids or [])
         gc = GenerationConfig(
             max_new_tokens=int(sp.max_new_tokens),
-            do_sample=not greedy,
-            temperature=None if greedy else float(sp.temperature),
-            top_p=None if greedy else float(sp.top_p),
-            top_k=None if greedy or sp.top_k is None or sp.top_k <= 0 else int(sp.top_k),
+            do_sample=False,  # sampling happens in _RowSampler
             eos_token_id=sorted(stop_ids),
             pad_token_id=self.pad_token_id,
             stop_strings=list(sp.stop) if sp.stop else None,
             output_logits=True,
             return_dict_in_generate=True,
         )
+        processors = LogitsProcessorList()
+        if not greedy:
+            gens = [torch.Generator().manual_seed(self._row_seed(r, i)) for r, i in rows]
+            processors.append(_RowSampler(gens, float(sp.temperature), float(sp.top_p), sp.top_k))
         abort, hold = self.abort_event, self.hold_event
 
         class _Abort(StoppingCriteria):
@@ -173,29 +250,33 @@ class LocalEngine:
                     abort.wait(0.01)
                 return torch.full((input_ids.shape[0],), abort.is_set(), dtype=torch.bool)
 
-        seed = sp.sampling_seed
-        rng_state = torch.get_rng_state()
-        torch.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,), generator=self._gen)))
-        try:
-            out = self.model.generate(
-                **kwargs,
-                generation_config=gc,
-                stopping_criteria=StoppingCriteriaList([_Abort()]),
-                tokenizer=self.tokenizer if sp.stop else None,
-            )
-        finally:
-            torch.set_rng_state(rng_state)
-        new = out.sequences[:, len(ids):]  # (n, T)
+        out = self.model.generate(
+            **kwargs,
+            generation_config=gc,
+            logits_processor=processors,
+            stopping_criteria=StoppingCriteriaList([_Abort()]),
+            tokenizer=self.tokenizer if sp.stop else None,
+        )
+        new = out.sequences[:, width:]  # (rows, T)
         temp = 1.0 if greedy else float(sp.temperature)
         logps = None
-        if return_logprob and out.logits:
-            step_logits = torch.stack(out.logits, dim=1).float()  # (n, T, V) raw logits
+        if any(r.return_logprob for r in reqs) and out.logits:
+            step_logits = torch.stack(out.logits, dim=1).float()  # (rows, T, V) raw logits
             logps = torch.log_softmax(step_logits / temp, dim=-1).gather(-1, new[:, : step_logits.shape[1], None])[..., 0]
-        return [
-            self._output(new[i].tolist(), None if logps is None else logps[i].tolist(), sp, len(ids),
-                         f"{rid}-{i}" if n > 1 else rid, weight_version, aborted=abort.is_set())
-            for i in range(n)
-        ]
+        results: list[list[dict]] = [[] for _ in reqs]
+        slot = {id(r): k for k, r in enumerate(reqs)}
+        for j, (r, i) in enumerate(rows):
+            lps = None if logps is None or not r.return_logprob else logps[j].tolist()
+            results[slot[id(r)]].append(self._output(
+                new[j].tolist(), lps, r.sp, len(r.ids), f"{r.rid}-{i}" if int(r.sp.n) > 1 else r.rid,
+                weight_version, aborted=abort.is_set()))
+        return results
+
+    def _row_seed(self, req: "GenRequest", i: int) -> int:
+        seed = req.sp.sampling_seed
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,), generator=self._gen))
+        return (int(seed) * 1_000_003 + i) % (2**63 - 1)
 
     def _output(self, toks, lps, sp, prompt_len, rid, weight_version, aborted) -> dict:
         stop_ids = set(self.eos_token_ids) | set(sp.stop_token_ids or [])
@@ -231,20 +312,126 @@ class LocalEngine:
         return {"text": text, "output_ids": toks, "meta_info": meta}
 
     # ------------------------------------------------------------------ weights
+    def _key(self, name: str) -> str:
+        key = self._keys.get(name)
+        if key is None:
+            key = self._keys[name] = checkpoint_to_module_name(name)
+        return key
+
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
         """Copy tensors (HF checkpoint names) into the model; unknown names or shapes raise."""
+        if self.weights_released:
+            raise EngineError("weights are released (/release_memory_occupation); resume them first")
         count = 0
-        for name, tensor in named_tensors:
-            key = checkpoint_to_module_name(name)
-            p = self._params.get(key)
-            if p is None:
-                raise EngineError(f"unknown parameter {name!r}")
-            if tuple(p.shape) != tuple(tensor.shape):
-                raise EngineError(f"{name}: shape {tuple(tensor.shape)} != model's {tuple(p.shape)}")
-            with torch.no_grad():
-                p.data.copy_(tensor.to(p.dtype))
-            count += 1
+        with torch.no_grad():
+            for name, tensor in named_tensors:
+                key = self._check([name], [tensor.shape])[0]
+                self._params[key].data.copy_(tensor)  # copy_ casts the dtype
+                count += 1
         return count
+
+    def _check(self, names: Sequence[str], shapes: Sequence[Sequence[int]]) -> list[str]:
+        """Module names of ``names``; unknown names or shapes raise."""
+        keys = [self._key(n) for n in names]
+        for name, key, shape in zip(names, keys, shapes):
+            want = self._shapes.get(key)
+            if want is None:
+                raise EngineError(f"unknown parameter {name!r}")
+            if len(want) != len(shape) or any(a != b for a, b in zip(want, shape)):
+                raise EngineError(f"{name}: shape {tuple(shape)} != model's {want}")
+        return keys
+
+    def _in_order(self, keys: Sequence[str]) -> bool:
+        """Do these parameters lie back to back, in this order, in one arena?"""
+        first = self._arena.get(keys[0])
+        if first is None:
+            return False
+        aid, off = first
+        for key in keys:
+            if self._arena.get(key) != (aid, off):
+                return False
+            off += self._nbytes(key)
+        return True
+
+    def _nbytes(self, key: str) -> int:
+        p = self._params[key]
+        return p.numel() * p.element_size()
+
+    def _arrange(self, keys: Sequence[str]) -> None:
+        """Move these parameters into one new arena, back to back in this order (one copy of them)."""
+        sizes = [self._nbytes(k) for k in keys]
+        arena = torch.empty(sum(sizes), dtype=torch.uint8)
+        aid, off = id(arena), 0
+        with torch.no_grad():
+            for key, size in zip(keys, sizes):
+                p = self._params[key]
+                view = arena[off:off + size].view(p.dtype).view(p.shape)
+                view.copy_(p.data)
+                p.data = view
+                self._arena[key] = (aid, off)
+                off += size
+        self._arenas[aid] = arena
+        live = {a for a, _ in self._arena.values()}
+        for a in [a for a in self._arenas if a not in live]:  # arenas whose parameters all moved on
+            del self._arenas[a]
+
+    def receive_target(self, names: Sequence[str], dtypes: Sequence[torch.dtype],
+                       shapes: Sequence[Sequence[int]]) -> Optional[torch.Tensor]:
+        """Where a flattened bucket can be received straight into the parameters: a uint8 view of
+        the model's memory holding exactly these parameters back to back, in this order; None when
+        the bucket cannot land there (a name twice, a dtype other than the model's: the caller
+        receives into a buffer and ``load_flat`` copies). Unknown names or shapes raise.
+
+        The first bucket of a given order moves its parameters into one arena in that order (one
+        copy of their values); later updates in the same order - every update of a trainer - then
+        need no copy at all. Generation is paused meanwhile, as for any weight update.
+        """
+        keys = self._check(names, shapes)
+        if not keys or self.weights_released or len(set(keys)) != len(keys):
+            return None
+        if any(self._params[k].dtype != dt for k, dt in zip(keys, dtypes)):
+            return None
+        if not self._in_order(keys):
+            self._arrange(keys)
+        aid, off = self._arena[keys[0]]
+        return self._arenas[aid][off:off + sum(self._nbytes(k) for k in keys)]
+
+    def load_flat(self, names: Sequence[str], dtypes: Sequence[torch.dtype], shapes: Sequence[Sequence[int]],
+                  flat: torch.Tensor) -> int:
+        """Load a received flattened bucket (uint8, tensors back to back) into the parameters.
+
+        The bucket's parameters are arranged in an arena in the order of their first appearance
+        (once), so runs of tensors in that order are copied as one block each; a tensor of another
+        dtype than the model's is copied (and cast) on its own.
+        """
+        keys = self._check(names, shapes)
+        if not keys:
+            return 0
+        if self.weights_released:
+            raise EngineError("weights are released (/release_memory_occupation); resume them first")
+        same = [self._params[k].dtype == dt for k, dt in zip(keys, dtypes)]
+        order = list(dict.fromkeys(k for k, ok in zip(keys, same) if ok))
+        if order and not self._in_order(order):
+            self._arrange(order)
+        runs: list[list] = []  # [arena id, dst offset, src offset, bytes]
+        src = 0
+        with torch.no_grad():
+            for key, dt, ok in zip(keys, dtypes, same):
+                p = self._params[key]
+                size = p.numel() * dt.itemsize
+                if ok:
+                    aid, dst = self._arena[key]
+                    last = runs[-1] if runs else None
+                    if last is not None and last[0] == aid and last[1] + last[3] == dst and last[2] + last[3] == src:
+                        last[3] += size
+                    else:
+                        runs.append([aid, dst, src, size])
+                else:
+                    p.data.copy_(flat[src:src + size].view(dt).view(p.shape))
+                src += size
+            for aid, dst, s0, size in runs:
+                self._arenas[aid][dst:dst + size].copy_(flat[s0:s0 + size])
+        return len(keys)
 
     def load_from_disk(self, model_path: str) -> int:
         """Read every ``*.safetensors`` file of a checkpoint directory into the model."""
@@ -261,7 +448,7 @@ class LocalEngine:
 
     def get_weights_by_name(self, name: str, truncate_size: int = 100) -> list:
         """SGLang's answer: the parameter as float lists, first ``truncate_size`` rows (or values)."""
-        p = self._params.get(checkpoint_to_module_name(name))
+        p = self._params.get(self._key(name))
         if p is None:
             raise EngineError(f"unknown parameter {name!r}")
         return p.detach().float().cpu().numpy().tolist()[:truncate_size]
@@ -273,12 +460,16 @@ class LocalEngine:
         """Colocated mode: give the weights' memory back (contents are lost, as with SGLang's saver)."""
         for p in self._params.values():
             p.data = torch.empty(0, dtype=p.dtype)
+        self._arena.clear()
+        self._arenas.clear()
         self.weights_released = True
 
     def resume_weights(self) -> None:
         """Memory back, zero-filled: the trainer pushes the weights next (as slime does)."""
         for key, p in self._params.items():
             p.data = torch.zeros(self._shapes[key], dtype=self.dtype)
+        self._arena.clear()
+        self._arenas.clear()
         self.weights_released = False
 
     @property

@@ -43,7 +43,7 @@ from aiohttp import web
 
 from megatron_mmr1.rollout import protocol as P
 from megatron_mmr1.rollout.dist_group import destroy_custom_process_group, init_custom_process_group
-from megatron_mmr1.rollout.engine import EngineError, LocalEngine
+from megatron_mmr1.rollout.engine import EngineError, GenRequest, LocalEngine, batch_key
 
 logger = logging.getLogger("megatron_mmr1.rollout.local_server")
 
@@ -141,8 +141,16 @@ class StandInServer:
     """The HTTP app and the state SGLang keeps per server (pause flag, update groups, version)."""
 
     def __init__(self, engine: LocalEngine, host: str, port: int, enable_memory_saver: bool = True,
-                 health_check_timeout_s: float = P.HEALTH_CHECK_TIMEOUT_S):
+                 health_check_timeout_s: float = P.HEALTH_CHECK_TIMEOUT_S, max_running_requests: int = 16,
+                 batch_wait_s: float = 0.02):
         self.engine = engine
+        self.max_running_requests = max(1, int(max_running_requests))
+        """Requests decoded in one batch (SGLang's ``--max-running-requests``); the client queues the rest."""
+        self.batch_wait_s = batch_wait_s
+        """How long an idle engine waits for a burst of concurrent requests before it starts a batch."""
+        self.pending: list[tuple[GenRequest, asyncio.Future]] = []
+        self._draining = False
+        self._drain_task: Optional[asyncio.Future] = None
         self.health_check_timeout_s = health_check_timeout_s
         self.released: set[str] = set()
         """Memory-saver tags released and not resumed yet."""
@@ -154,9 +162,11 @@ class StandInServer:
         self.control = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="control")
         self.weight_version = "default"
         self.groups: dict[str, Any] = {}
+        self._recv_buf: Optional[torch.Tensor] = None
         self.session_open = False
         self.running = 0
         self.served = 0
+        self.batches = 0
         self.unpaused = asyncio.Event()
         self.unpaused.set()
         self.started = time.time()
@@ -227,11 +237,11 @@ class StandInServer:
             "model_path": e.model_path, "tokenizer_path": e.model_path, "served_model_name": e.model_path,
             "host": self.host, "port": self.port, "tp_size": 1, "dp_size": 1, "pp_size": 1,
             "device": "cpu", "context_length": e.context_len, "enable_memory_saver": self.enable_memory_saver,
-            # SGLang's ServerArgs field: the engine thread decodes one request (its n samples) at a time
-            "max_running_requests": 1,
+            # SGLang's ServerArgs field: requests decoded in one batch
+            "max_running_requests": self.max_running_requests,
             "skip_tokenizer_init": False, "startup_time": self.started,
             "internal_states": [{"last_gen_throughput": 0.0, "running_requests": self.running,
-                                 "served_generate_requests": self.served,
+                                 "served_generate_requests": self.served, "decode_batches": self.batches,
                                  "memory_released": sorted(self.released)}],  # stand-in extra
             "version": f"{P.SGLANG_VERSION_CHECKED}-megatron-mmr1-standin", "frontend": "python",
         })
@@ -271,19 +281,48 @@ class StandInServer:
                                                            "/resume_memory_occupation first"}}, status=400)
         self.running += 1
         try:
-            outs: list[dict] = []
+            loop, futures = asyncio.get_running_loop(), []
             for it in items:
                 sp = P.parse_body(P.SamplingParams, it["sp"])
-                outs += await self._run(
-                    self.engine.generate, it.get("text"), it.get("input_ids"), it["images"], sp,
-                    it["logprob"], it["rid"], self.weight_version,
-                )
+                req = self.engine.prepare(it.get("text"), it.get("input_ids"), it["images"], sp, it["logprob"], it["rid"])
+                futures.append(loop.create_future())
+                self.pending.append((req, futures[-1]))
+            if not self._draining:
+                self._draining = True
+                self._drain_task = asyncio.ensure_future(self._drain())  # held: the loop keeps weak references
+            outs: list[dict] = []
+            for f in futures:
+                outs += await f
         except (EngineError, P.ProtocolError, TypeError) as e:
             return web.json_response({"error": {"message": str(e)}}, status=400)
         finally:
             self.running -= 1
         self.served += 1
         return web.json_response(outs[0] if single else outs)
+
+    async def _drain(self) -> None:
+        """Decode the queued requests, a batch of equal sampling parameters at a time (oldest first)."""
+        try:
+            await asyncio.sleep(self.batch_wait_s)
+            while self.pending:
+                key = batch_key(self.pending[0][0].sp)
+                batch = [p for p in self.pending if batch_key(p[0].sp) == key][: self.max_running_requests]
+                for p in batch:
+                    self.pending.remove(p)
+                self.batches += 1
+                try:
+                    results = await self._run(self.engine.generate_batch, [r for r, _ in batch], self.weight_version)
+                except Exception as e:  # noqa: BLE001 (handed to every waiting request)
+                    results = [e] * len(batch)
+                for (_, fut), res in zip(batch, results):
+                    if fut.done():  # the client went away
+                        continue
+                    if isinstance(res, Exception):
+                        fut.set_exception(res)
+                    else:
+                        fut.set_result(res)
+        finally:
+            self._draining = False
 
     async def flush_cache(self, request: web.Request) -> web.Response:
         if self.running:
@@ -359,29 +398,51 @@ class StandInServer:
                                        "requests are still running or queued.")
         return self._result(success, message)
 
+    def _receive_buffer(self, nbytes: int) -> torch.Tensor:
+        """A uint8 receive buffer kept between updates (fresh memory costs a page fault per 4 KiB)."""
+        if self._recv_buf is None or self._recv_buf.numel() < nbytes:
+            self._recv_buf = torch.empty(nbytes, dtype=torch.uint8)
+        return self._recv_buf[:nbytes]
+
     def _receive(self, req: P.UpdateWeightsFromDistributedReqInput) -> int:
+        self._t0 = time.perf_counter()
         pg = self.groups[req.group_name]
         dtypes = [_DTYPES.get(d) or getattr(torch, d) for d in req.dtypes]
         if req.load_format == "flattened_bucket":
-            offs, off = [], 0
+            off = 0
             for name, dt, shape in zip(req.names, dtypes, req.shapes):
                 if off % dt.itemsize:
                     raise EngineError(f"Unaligned received tensor {name}: byte offset {off}, dtype {dt}")
-                size = int(torch.Size(shape).numel()) * dt.itemsize
-                offs.append((off, off + size))
-                off += size
-            flat = torch.empty(off, dtype=torch.uint8)
+                n = 1
+                for d in shape:
+                    n *= d
+                off += n * dt.itemsize
+            # straight into the parameters when the bucket matches their layout, else via a buffer
+            try:
+                target = self.engine.receive_target(req.names, dtypes, req.shapes)
+            except EngineError:  # an unknown name or shape: receive anyway (the trainer is sending), then fail
+                target = None
+            if target is not None and target.numel() == off:
+                torch.distributed.broadcast(target, src=0, group=pg)
+                return len(req.names)
+            flat = self._receive_buffer(off)
+            t1 = time.perf_counter()
             torch.distributed.broadcast(flat, src=0, group=pg)
-            tensors = [flat[a:b].view(dt).reshape(shape) for (a, b), dt, shape in zip(offs, dtypes, req.shapes)]
-        else:
-            tensors = [torch.empty(shape, dtype=dt) for dt, shape in zip(dtypes, req.shapes)]
-            handles = [torch.distributed.broadcast(t, src=0, group=pg, async_op=True) for t in tensors]
-            for h in handles:
-                h.wait()
+            t2 = time.perf_counter()
+            r = self.engine.load_flat(req.names, dtypes, req.shapes, flat)
+            t3 = time.perf_counter()
+            logger.warning("TIMING prep %.4f bcast %.4f load %.4f", t1 - self._t0, t2 - t1, t3 - t2)
+            return r
+        tensors = [torch.empty(shape, dtype=dt) for dt, shape in zip(dtypes, req.shapes)]
+        handles = [torch.distributed.broadcast(t, src=0, group=pg, async_op=True) for t in tensors]
+        for h in handles:
+            h.wait()
         return self.engine.load_weights(zip(req.names, tensors))
 
     async def update_from_distributed(self, request: web.Request) -> web.Response:
+        t0 = time.perf_counter()
         req = P.parse_body(P.UpdateWeightsFromDistributedReqInput, await self._json(request))
+        logger.warning("TIMING json %.4f", time.perf_counter() - t0)
         if not self.session_open:
             return self._result(False, "update_weights_from_distributed must run between "
                                        "begin_weight_update() and end_weight_update()")
@@ -491,6 +552,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--max-pixels", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--disable-memory-saver", action="store_true")
+    ap.add_argument("--max-running-requests", type=int, default=16,
+                    help="requests decoded together in one batch (their n samples are its rows)")
     ap.add_argument("--health-check-timeout", type=float, default=P.HEALTH_CHECK_TIMEOUT_S,
                     help="seconds /health waits for paused generation before 503 (SGLANG_HEALTH_CHECK_TIMEOUT)")
     ap.add_argument("--log-level", default="INFO")
@@ -499,7 +562,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     torch.set_num_threads(1)
     engine = LocalEngine(args.model, _DTYPES[args.dtype], args.min_pixels, args.max_pixels, args.seed)
     app, _ = build_app(engine, args.host, args.port, enable_memory_saver=not args.disable_memory_saver,
-                       health_check_timeout_s=args.health_check_timeout)
+                       health_check_timeout_s=args.health_check_timeout,
+                       max_running_requests=args.max_running_requests)
     logger.info("stand-in SGLang server for %s on http://%s:%d", args.model, args.host, args.port)
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
 

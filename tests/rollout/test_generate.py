@@ -198,3 +198,49 @@ def test_requests_queue_at_the_client_up_to_the_servers_capacity(tmp_path):
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
+
+
+def test_batched_decoding_matches_one_request_at_a_time(tiny_ckpt):
+    """Requests decoded together (left-padded rows, an image prompt beside a text one) give each request
+    the tokens it gets alone: every row samples with its own generator seeded by its request's
+    ``sampling_seed``; log-probs differ only by the padded batch's rounding."""
+    from megatron_mmr1.rollout.protocol import SamplingParams
+
+    ckpt_dir, _, tok = tiny_ckpt
+    eng = LocalEngine(str(ckpt_dir))
+    img = image_to_base64(_png())
+    texts = [PROMPT.format(img=IMG), PROMPT.format(img=""), "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"]
+    for temp in (0.7, 0.0):
+        sps = [SamplingParams(temperature=temp, top_p=0.9, top_k=20, n=3, max_new_tokens=10, sampling_seed=s)
+               for s in (11, 12, 13)]
+        reqs = [eng.prepare(t, None, [img] if IMG in t else [], sp, True, f"r{k}")
+                for k, (t, sp) in enumerate(zip(texts, sps))]
+        alone = [eng.generate_batch([r], "v")[0] for r in reqs]
+        together = eng.generate_batch(reqs, "v")
+        for a, b in zip(alone, together):
+            assert [o["output_ids"] for o in a] == [o["output_ids"] for o in b]
+            la = [lp for o in a for lp, _, _ in o["meta_info"]["output_token_logprobs"]]
+            lb = [lp for o in b for lp, _, _ in o["meta_info"]["output_token_logprobs"]]
+            torch.testing.assert_close(torch.tensor(lb), torch.tensor(la), atol=1e-4, rtol=0)
+        if temp > 0:
+            assert len({tuple(o["output_ids"]) for o in together[0]}) > 1, "3 seeded samples should not all agree"
+            again = eng.generate_batch(reqs[::-1], "v")[::-1]  # another batch order: the same samples
+            assert [[o["output_ids"] for o in x] for x in again] == [[o["output_ids"] for o in x] for x in together]
+    with pytest.raises(Exception, match="one set of sampling parameters"):
+        eng.generate_batch([reqs[0], eng.prepare(texts[1], None, [], SamplingParams(n=1, max_new_tokens=3), True, "x")],
+                           "v")
+
+
+def test_concurrent_requests_share_decode_batches(servers, tiny_ckpt):
+    """The stand-in batches what arrives together (SGLang's scheduler does); seeded samples do not change."""
+    _, _, tok = tiny_ckpt
+    prompts = [Sample(index=k, prompt=PROMPT.format(img=""), metadata={"sampling_seed": 100 + k}) for k in range(6)]
+    info = lambda: requests.get(servers[0].url + "/get_server_info", timeout=10).json()  # noqa: E731
+    assert info()["max_running_requests"] > 1
+    one_by_one = RolloutClient(_cfg(max_inflight=1), [servers[0].url], max_new_tokens=6).generate(prompts)
+    before = info()["internal_states"][0]
+    together = RolloutClient(_cfg(max_inflight=8), [servers[0].url], max_new_tokens=6).generate(prompts)
+    after = info()["internal_states"][0]
+    assert after["served_generate_requests"] - before["served_generate_requests"] == 6
+    assert after["decode_batches"] - before["decode_batches"] < 6
+    assert [s.response_ids for s in together] == [s.response_ids for s in one_by_one]
