@@ -141,6 +141,7 @@ class LocalEngine:
         self._gen = torch.Generator().manual_seed(seed)
         self._params = dict(self.model.named_parameters())
         self._shapes = {k: tuple(p.shape) for k, p in self._params.items()}
+        self._shape_lists = {k: list(v) for k, v in self._shapes.items()}
         self._keys: dict[str, str] = {}
         """Checkpoint name -> module name, cached (a weight update looks up every name)."""
         self._arena: dict[str, tuple[int, int]] = {}
@@ -333,12 +334,13 @@ class LocalEngine:
     def _check(self, names: Sequence[str], shapes: Sequence[Sequence[int]]) -> list[str]:
         """Module names of ``names``; unknown names or shapes raise."""
         keys = [self._key(n) for n in names]
+        want = self._shape_lists
         for name, key, shape in zip(names, keys, shapes):
-            want = self._shapes.get(key)
-            if want is None:
-                raise EngineError(f"unknown parameter {name!r}")
-            if len(want) != len(shape) or any(a != b for a, b in zip(want, shape)):
-                raise EngineError(f"{name}: shape {tuple(shape)} != model's {want}")
+            w = want.get(key)
+            if w != shape and w != list(shape):  # shapes come as JSON lists or torch.Size
+                if w is None:
+                    raise EngineError(f"unknown parameter {name!r}")
+                raise EngineError(f"{name}: shape {tuple(shape)} != model's {tuple(w)}")
         return keys
 
     def _in_order(self, keys: Sequence[str]) -> bool:

@@ -405,7 +405,6 @@ class StandInServer:
         return self._recv_buf[:nbytes]
 
     def _receive(self, req: P.UpdateWeightsFromDistributedReqInput) -> int:
-        self._t0 = time.perf_counter()
         pg = self.groups[req.group_name]
         dtypes = [_DTYPES.get(d) or getattr(torch, d) for d in req.dtypes]
         if req.load_format == "flattened_bucket":
@@ -426,13 +425,8 @@ class StandInServer:
                 torch.distributed.broadcast(target, src=0, group=pg)
                 return len(req.names)
             flat = self._receive_buffer(off)
-            t1 = time.perf_counter()
             torch.distributed.broadcast(flat, src=0, group=pg)
-            t2 = time.perf_counter()
-            r = self.engine.load_flat(req.names, dtypes, req.shapes, flat)
-            t3 = time.perf_counter()
-            logger.warning("TIMING prep %.4f bcast %.4f load %.4f", t1 - self._t0, t2 - t1, t3 - t2)
-            return r
+            return self.engine.load_flat(req.names, dtypes, req.shapes, flat)
         tensors = [torch.empty(shape, dtype=dt) for dt, shape in zip(dtypes, req.shapes)]
         handles = [torch.distributed.broadcast(t, src=0, group=pg, async_op=True) for t in tensors]
         for h in handles:
@@ -440,9 +434,7 @@ class StandInServer:
         return self.engine.load_weights(zip(req.names, tensors))
 
     async def update_from_distributed(self, request: web.Request) -> web.Response:
-        t0 = time.perf_counter()
         req = P.parse_body(P.UpdateWeightsFromDistributedReqInput, await self._json(request))
-        logger.warning("TIMING json %.4f", time.perf_counter() - t0)
         if not self.session_open:
             return self._result(False, "update_weights_from_distributed must run between "
                                        "begin_weight_update() and end_weight_update()")

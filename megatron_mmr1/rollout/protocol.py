@@ -68,7 +68,10 @@ class ProtocolError(ValueError):
 
 
 def _body(obj: Any) -> dict:
-    return {k: v for k, v in dataclasses.asdict(obj).items()}
+    """Field -> value, top level copied only (``dataclasses.asdict`` deep-copies every list: 80 ms
+    for the names and shapes of a 10k-tensor weight bucket)."""
+    return {f.name: _body(v) if dataclasses.is_dataclass(v := getattr(obj, f.name)) else v
+            for f in dataclasses.fields(obj)}
 
 
 def parse_body(cls: type, body: Optional[dict]) -> Any:

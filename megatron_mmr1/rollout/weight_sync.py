@@ -32,6 +32,7 @@ import contextlib
 import io
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
@@ -96,6 +97,15 @@ class _ServerCalls:
         self.urls = [u.rstrip("/") for u in urls]
         self.timeout_s = timeout_s
         self.pool = concurrent.futures.ThreadPoolExecutor(max(1, len(self.urls)), thread_name_prefix="wsync")
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        """One keep-alive session per calling thread: an update makes 5+ calls per server, and a new
+        TCP connection for each was a third of an empty update's time."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
 
     def call(self, url: str, path: str, body: Optional[dict] = None, method: str = "POST",
              retry_400_s: float = 0.0) -> Any:
@@ -103,7 +113,7 @@ class _ServerCalls:
         end = time.monotonic() + retry_400_s
         while True:
             try:
-                r = requests.request(method, url + path, json=body, timeout=self.timeout_s)
+                r = self._session().request(method, url + path, json=body, timeout=self.timeout_s)
             except requests.RequestException as e:
                 raise WeightSyncError(f"{url}{path}: {type(e).__name__}: {e}") from None
             if r.status_code == 400 and time.monotonic() < end:
@@ -127,6 +137,9 @@ class _ServerCalls:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False)
+        session = getattr(self._local, "session", None)
+        if session is not None:
+            session.close()
 
 
 def flushes(pause_mode: str) -> bool:
@@ -161,16 +174,21 @@ class _PausedGeneration:
         try:
             if flushes(self.pause_mode):
                 self.calls.all("/flush_cache", retry_400_s=self.flush_wait_s)  # slime retries 60 x 1 s
-            if self.session:
-                for url in self.calls.urls:
+            if self.session:  # on every server at once; each opened session is closed again on failure
+                futures = self.calls.submit_all("/begin_weight_update", P.to_json(P.BeginWeightUpdateReqInput()))
+                error: Optional[BaseException] = None
+                for url, f in zip(self.calls.urls, futures):
                     try:
-                        self.calls.call(url, "/begin_weight_update", P.to_json(P.BeginWeightUpdateReqInput()))
+                        f.result()
                         self.opened.append(url)
                     except WeightSyncError as e:
                         if e.status != 404:
-                            raise
+                            error = error or e
+                            continue
                         # SGLang before the 0.5.2x sessions: updates run without one.
                         logger.info("%s has no /begin_weight_update; updating without a session", url)
+                if error is not None:
+                    raise error
         except BaseException:
             self.__exit__()
             raise
@@ -178,8 +196,9 @@ class _PausedGeneration:
 
     def __exit__(self, *exc):
         try:
-            for url in self.opened:
-                self.calls.call(url, "/end_weight_update", {})
+            futures = [self.calls.pool.submit(self.calls.call, url, "/end_weight_update", {}) for url in self.opened]
+            for f in futures:
+                f.result()
             if self.before_continue is not None and not any(exc):
                 self.before_continue()
         finally:
@@ -216,6 +235,13 @@ class DistributedWeightSender:
         self.group: Optional[dist.ProcessGroup] = None
         self.version = 0
         self.last_stats = SyncStats()
+        self._buffers: list[Optional[torch.Tensor]] = [None, None]
+        """Flattened buckets are packed into these two in turn (the next while the current is sent). Kept
+        between updates on CPU, where fresh memory costs a page fault per 4 KiB (a third of a broadcast's
+        time); on GPU freed after each update (the caching allocator keeps the blocks anyway)."""
+        self._views: list[Optional[tuple]] = [None, None]
+        """Per buffer: (layout, buffer, one view per tensor), reused while the layout stays the same."""
+        self._packer: Optional[concurrent.futures.ThreadPoolExecutor] = None
 
     def connect(self) -> None:
         """Create the update group: trainer rank 0, server i's TP ranks from 1 + sum(tp of servers < i)."""
@@ -262,8 +288,9 @@ class DistributedWeightSender:
         stats, t0 = SyncStats(), time.perf_counter()
         paused = _PausedGeneration(self.calls, True, self.pause_mode, flush_wait_s=60.0)
         with paused if manage_generation else contextlib.nullcontext():
-            for bucket in bucket_named_tensors(named, self.bucket_bytes):
-                self._send_bucket(bucket, version)
+            buckets = bucket_named_tensors(named, self.bucket_bytes)
+            sent = self._send_flattened(buckets, version) if self.flattened else self._send_tensors(buckets, version)
+            for bucket in sent:
                 stats.buckets += 1
                 stats.tensors += len(bucket)
                 stats.bytes += sum(t.numel() * t.element_size() for _, t in bucket)
@@ -273,24 +300,94 @@ class DistributedWeightSender:
                     len(self.calls.urls), stats.tensors, stats.bytes / 2**20, stats.buckets, stats.seconds)
         return stats
 
-    def _send_bucket(self, bucket: list[tuple[str, torch.Tensor]], version: str) -> None:
-        tensors = [t.detach().to(self.device).contiguous() for _, t in bucket]
+    def _post(self, bucket: list[tuple[str, torch.Tensor]], version: str) -> list[concurrent.futures.Future]:
+        """/update_weights_from_distributed on every server: each posts its receive when the call arrives."""
         body = P.to_json(P.UpdateWeightsFromDistributedReqInput(
-            names=[n for n, _ in bucket], dtypes=[dtype_name(t.dtype) for t in tensors],
-            shapes=[list(t.shape) for t in tensors], group_name=self.group_name, flush_cache=flushes(self.pause_mode),
-            weight_version=version, load_format="flattened_bucket" if self.flattened else None,
+            names=[n for n, _ in bucket], dtypes=[dtype_name(t.dtype) for _, t in bucket],
+            shapes=[list(t.shape) for _, t in bucket], group_name=self.group_name,
+            flush_cache=flushes(self.pause_mode), weight_version=version,
+            load_format="flattened_bucket" if self.flattened else None,
         ))
-        futures = self.calls.submit_all("/update_weights_from_distributed", body)
-        # The servers post their receives when the HTTP call arrives; broadcasts are matched in order.
-        if self.flattened:
-            flat = torch.cat([t.reshape(-1).view(torch.uint8) for t in tensors])
-            dist.broadcast(flat, src=0, group=self.group)
-        else:
-            handles = [dist.broadcast(t, src=0, group=self.group, async_op=True) for t in tensors]
+        return self.calls.submit_all("/update_weights_from_distributed", body)
+
+    def _send_tensors(self, buckets: Iterable[list[tuple[str, torch.Tensor]]], version: str) -> Iterator[list]:
+        """One broadcast per tensor (matched in order by the servers' posted receives)."""
+        for bucket in buckets:
+            bucket = [(n, t.detach().to(self.device).contiguous()) for n, t in bucket]
+            futures = self._post(bucket, version)
+            handles = [dist.broadcast(t, src=0, group=self.group, async_op=True) for _, t in bucket]
             for h in handles:
                 h.wait()
-        for f in futures:
-            f.result()
+            for f in futures:
+                f.result()
+            yield bucket
+
+    def _pack(self, tensors: list[torch.Tensor], slot: int) -> torch.Tensor:
+        """The bucket's bytes back to back as one uint8 tensor: a view when they already lie so in
+        one storage, else copied into buffer ``slot`` (one C++ loop over the tensors: per-tensor
+        Python views cost more than the copy for small tensors). The destination views are kept
+        for the next update, which has the same layout."""
+        first = tensors[0]
+        total = sum(t.numel() * t.element_size() for t in tensors)
+        if first.device == self.device:
+            pos = first.data_ptr()
+            for t in tensors:
+                if t.data_ptr() != pos or not t.is_contiguous():
+                    break
+                pos += t.numel() * t.element_size()
+            else:
+                storage = first.untyped_storage()
+                start = first.data_ptr() - storage.data_ptr()
+                if start + total <= storage.nbytes():  # one block of one storage: send it as it is
+                    return torch.empty(0, dtype=torch.uint8, device=self.device).set_(storage, start, (total,))
+        buf = self._buffers[slot]
+        if buf is None or buf.numel() < total:
+            self._buffers[slot] = buf = None  # free the old one first
+            self._buffers[slot] = buf = torch.empty(total, dtype=torch.uint8, device=self.device)
+        layout = tuple((t.dtype, t.shape) for t in tensors)
+        cached = self._views[slot]
+        if cached is None or cached[0] != layout or cached[1] is not buf:
+            views, off = [], 0
+            for dt, shape in layout:
+                n = shape.numel() * dt.itemsize
+                views.append(buf[off:off + n].view(dt).view(shape))
+                off += n
+            self._views[slot] = cached = (layout, buf, views)
+        torch._foreach_copy_(cached[2], tensors)  # also moves CPU tensors to the GPU, makes them contiguous
+        return buf[:total]
+
+    def _send_flattened(self, buckets: Iterable[list[tuple[str, torch.Tensor]]], version: str) -> Iterator[list]:
+        """One broadcast per bucket (SGLang's ``flattened_bucket``); the next bucket is packed by a helper
+        thread while the current one is broadcast and loaded (torch's copy and gloo leave the GIL)."""
+        if self._packer is None:
+            self._packer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wsync-pack")
+
+        def prepare(bucket: list, slot: int) -> tuple[list, concurrent.futures.Future]:
+            return bucket, self._packer.submit(self._pack, [t.detach() for _, t in bucket], slot)
+
+        it = iter(buckets)
+        nxt = next(it, None)
+        pending = prepare(nxt, 0) if nxt is not None else None
+        slot = 0
+        try:
+            while pending is not None:
+                bucket, packed = pending
+                futures = self._post(bucket, version)  # the servers post their receives meanwhile
+                flat = packed.result()
+                nxt = next(it, None)
+                slot ^= 1
+                pending = prepare(nxt, slot) if nxt is not None else None
+                dist.broadcast(flat, src=0, group=self.group)
+                for f in futures:
+                    f.result()
+                yield bucket
+        finally:
+            if pending is not None:
+                pending[1].cancel()
+                with contextlib.suppress(BaseException):
+                    pending[1].result()
+            if self.device.type != "cpu":
+                self._buffers, self._views = [None, None], [None, None]
 
     def close(self) -> None:
         if self.group is not None:
@@ -300,6 +397,10 @@ class DistributedWeightSender:
                 logger.warning("destroy_weights_update_group: %s", e)
             destroy_custom_process_group(self.group)
             self.group = None
+        if self._packer is not None:
+            self._packer.shutdown(wait=True)
+            self._packer = None
+        self._buffers, self._views = [None, None], [None, None]
         self.calls.close()
 
 

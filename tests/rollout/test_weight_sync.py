@@ -18,6 +18,7 @@ from megatron_mmr1.rollout.weight_sync import (
     DiskWeightSender,
     DistributedWeightSender,
     TensorWeightSender,
+    WeightSyncError,
     bucket_named_tensors,
 )
 from megatron_mmr1.utils.hf_names import to_hub
@@ -100,6 +101,34 @@ def test_distributed_update_over_gloo(servers, tiny_ckpt, flattened, bucket_mb):
         _, named2 = new_weights(tok, seed + 100)
         sender.update(named2)
         torch.testing.assert_close(probe(urls[1]), dict(named2)[PROBE][:2], rtol=0, atol=0)
+    finally:
+        sender.close()
+
+
+def test_flattened_buckets_of_any_layout(servers, tiny_ckpt):
+    """Flattened buckets land in the stand-in's parameters whatever their layout: straight into them
+    (the usual case), names twice in a bucket (the last value wins), another dtype (cast), several
+    buckets packed while the previous one is sent; an unknown name fails the update without a hang."""
+    _, _, tok = tiny_ckpt
+    urls = [s.url for s in servers]
+    sender = DistributedWeightSender(urls, backend="gloo", bucket_mb=1, flattened=True)
+    try:
+        _, a = new_weights(tok, 21)
+        _, b = new_weights(tok, 22)
+        sender.update(a)
+        sender.update(a + b)  # every name twice in one bucket per 1 MiB: b's values win
+        for u in urls:
+            torch.testing.assert_close(probe(u), dict(b)[PROBE][:2], rtol=0, atol=0)
+        sender.bucket_bytes = 64 << 10  # many buckets, one dtype
+        half = [(n, t.to(torch.bfloat16)) for n, t in a]
+        sender.update(half)
+        torch.testing.assert_close(probe(urls[0]), dict(half)[PROBE][:2].float(), rtol=0, atol=0)
+        sender.update(b)
+        torch.testing.assert_close(probe(urls[1]), dict(b)[PROBE][:2], rtol=0, atol=0)
+        with pytest.raises(WeightSyncError, match="unknown parameter"):
+            sender.update([("model.no_such.weight", torch.zeros(4))] + a[:2])
+        sender.update(a)  # the group and the sessions are still usable
+        torch.testing.assert_close(probe(urls[0]), dict(a)[PROBE][:2], rtol=0, atol=0)
     finally:
         sender.close()
 
