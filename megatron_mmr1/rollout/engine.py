@@ -398,6 +398,23 @@ class LocalEngine:
         aid, off = self._arena[keys[0]]
         return self._arenas[aid][off:off + sum(self._nbytes(k) for k in keys)]
 
+    def receive_targets(self, names: Sequence[str], dtypes: Sequence[torch.dtype],
+                        shapes: Sequence[Sequence[int]]) -> list[Optional[torch.Tensor]]:
+        """Per tensor of a tensor-by-tensor update: the parameter itself when the tensor can be
+        received straight into it (its name once in the request, the model's dtype), else None
+        (received into a new tensor and loaded with ``load_weights``). Unknown names or shapes raise."""
+        keys = self._check(names, shapes)
+        if self.weights_released:
+            return [None] * len(keys)
+        counts: dict[str, int] = {}
+        for k in keys:
+            counts[k] = counts.get(k, 0) + 1
+        out: list[Optional[torch.Tensor]] = []
+        for key, dt in zip(keys, dtypes):
+            p = self._params[key].data
+            out.append(p if counts[key] == 1 and p.dtype == dt and p.is_contiguous() else None)
+        return out
+
     def load_flat(self, names: Sequence[str], dtypes: Sequence[torch.dtype], shapes: Sequence[Sequence[int]],
                   flat: torch.Tensor) -> int:
         """Load a received flattened bucket (uint8, tensors back to back) into the parameters.

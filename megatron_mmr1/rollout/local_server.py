@@ -427,11 +427,17 @@ class StandInServer:
             flat = self._receive_buffer(off)
             torch.distributed.broadcast(flat, src=0, group=pg)
             return self.engine.load_flat(req.names, dtypes, req.shapes, flat)
-        tensors = [torch.empty(shape, dtype=dt) for dt, shape in zip(dtypes, req.shapes)]
+        try:  # straight into the parameters where the tensor can land there
+            targets = self.engine.receive_targets(req.names, dtypes, req.shapes)
+        except EngineError:  # an unknown name or shape: receive anyway (the trainer is sending), then fail
+            targets = [None] * len(req.names)
+        tensors = [t if t is not None else torch.empty(shape, dtype=dt)
+                   for t, dt, shape in zip(targets, dtypes, req.shapes)]
         handles = [torch.distributed.broadcast(t, src=0, group=pg, async_op=True) for t in tensors]
         for h in handles:
             h.wait()
-        return self.engine.load_weights(zip(req.names, tensors))
+        rest = [(n, t) for n, t, target in zip(req.names, tensors, targets) if target is None]
+        return len(req.names) - len(rest) + self.engine.load_weights(rest)
 
     async def update_from_distributed(self, request: web.Request) -> web.Response:
         req = P.parse_body(P.UpdateWeightsFromDistributedReqInput, await self._json(request))

@@ -221,9 +221,17 @@ class DistributedWeightSender:
         engine_tp_sizes: Optional[Sequence[int]] = None,
         timeout_s: float = 600.0,
         pause_mode: str = "abort",
+        unpacked_min_mb: Optional[float] = None,
     ):
         self.calls = _ServerCalls(urls, timeout_s)
         self.backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        if unpacked_min_mb is None and self.backend == "gloo":
+            unpacked_min_mb = 1.0
+        self.unpacked_min_bytes = None if unpacked_min_mb is None else int(unpacked_min_mb * 2**20)
+        """Flattened mode: tensors this big are broadcast as they are (a tensor-by-tensor request), not
+        packed. On gloo a copy into the bucket costs ~0.6 of the broadcast of the same bytes, and a
+        broadcast of its own ~0.15 ms: from ~1 MiB packing costs more than it saves. None (NCCL,
+        where a device copy is nearly free): pack every tensor."""
         self.device = torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
         self.master_address = master_address
         self.master_port = master_port
@@ -300,27 +308,30 @@ class DistributedWeightSender:
                     len(self.calls.urls), stats.tensors, stats.bytes / 2**20, stats.buckets, stats.seconds)
         return stats
 
-    def _post(self, bucket: list[tuple[str, torch.Tensor]], version: str) -> list[concurrent.futures.Future]:
+    def _post(self, bucket: list[tuple[str, torch.Tensor]], version: str, flat: bool) -> list[concurrent.futures.Future]:
         """/update_weights_from_distributed on every server: each posts its receive when the call arrives."""
         body = P.to_json(P.UpdateWeightsFromDistributedReqInput(
             names=[n for n, _ in bucket], dtypes=[dtype_name(t.dtype) for _, t in bucket],
             shapes=[list(t.shape) for _, t in bucket], group_name=self.group_name,
             flush_cache=flushes(self.pause_mode), weight_version=version,
-            load_format="flattened_bucket" if self.flattened else None,
+            load_format="flattened_bucket" if flat else None,
         ))
         return self.calls.submit_all("/update_weights_from_distributed", body)
 
+    def _one_by_one(self, bucket: list[tuple[str, torch.Tensor]], version: str) -> list:
+        """One request, one broadcast per tensor (matched in order by the servers' posted receives)."""
+        bucket = [(n, t.detach().to(self.device).contiguous()) for n, t in bucket]
+        futures = self._post(bucket, version, flat=False)
+        handles = [dist.broadcast(t, src=0, group=self.group, async_op=True) for _, t in bucket]
+        for h in handles:
+            h.wait()
+        for f in futures:
+            f.result()
+        return bucket
+
     def _send_tensors(self, buckets: Iterable[list[tuple[str, torch.Tensor]]], version: str) -> Iterator[list]:
-        """One broadcast per tensor (matched in order by the servers' posted receives)."""
         for bucket in buckets:
-            bucket = [(n, t.detach().to(self.device).contiguous()) for n, t in bucket]
-            futures = self._post(bucket, version)
-            handles = [dist.broadcast(t, src=0, group=self.group, async_op=True) for _, t in bucket]
-            for h in handles:
-                h.wait()
-            for f in futures:
-                f.result()
-            yield bucket
+            yield self._one_by_one(bucket, version)
 
     def _pack(self, tensors: list[torch.Tensor], slot: int) -> torch.Tensor:
         """The bucket's bytes back to back as one uint8 tensor: a view when they already lie so in
@@ -358,12 +369,18 @@ class DistributedWeightSender:
 
     def _send_flattened(self, buckets: Iterable[list[tuple[str, torch.Tensor]]], version: str) -> Iterator[list]:
         """One broadcast per bucket (SGLang's ``flattened_bucket``); the next bucket is packed by a helper
-        thread while the current one is broadcast and loaded (torch's copy and gloo leave the GIL)."""
+        thread while the current one is broadcast and loaded (torch's copy and gloo leave the GIL).
+        Tensors of ``unpacked_min_bytes`` or more go as they are, in a tensor-by-tensor request of
+        their own sent while the rest of their bucket is packed."""
         if self._packer is None:
             self._packer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wsync-pack")
+        big_bytes = self.unpacked_min_bytes
 
-        def prepare(bucket: list, slot: int) -> tuple[list, concurrent.futures.Future]:
-            return bucket, self._packer.submit(self._pack, [t.detach() for _, t in bucket], slot)
+        def prepare(bucket: list, slot: int) -> tuple[list, list, Optional[concurrent.futures.Future]]:
+            big = [] if big_bytes is None else [(n, t) for n, t in bucket if t.numel() * t.element_size() >= big_bytes]
+            small = [(n, t) for n, t in bucket if big_bytes is None or t.numel() * t.element_size() < big_bytes]
+            packed = self._packer.submit(self._pack, [t.detach() for _, t in small], slot) if small else None
+            return big, small, packed
 
         it = iter(buckets)
         nxt = next(it, None)
@@ -371,21 +388,24 @@ class DistributedWeightSender:
         slot = 0
         try:
             while pending is not None:
-                bucket, packed = pending
-                futures = self._post(bucket, version)  # the servers post their receives meanwhile
-                flat = packed.result()
+                big, small, packed = pending
+                if big:
+                    yield self._one_by_one(big, version)
+                futures = self._post(small, version, flat=True) if small else []  # receives posted meanwhile
+                flat = packed.result() if packed is not None else None
                 nxt = next(it, None)
                 slot ^= 1
                 pending = prepare(nxt, slot) if nxt is not None else None
-                dist.broadcast(flat, src=0, group=self.group)
-                for f in futures:
-                    f.result()
-                yield bucket
+                if flat is not None:
+                    dist.broadcast(flat, src=0, group=self.group)
+                    for f in futures:
+                        f.result()
+                    yield small
         finally:
-            if pending is not None:
-                pending[1].cancel()
+            if pending is not None and pending[2] is not None:
+                pending[2].cancel()
                 with contextlib.suppress(BaseException):
-                    pending[1].result()
+                    pending[2].result()
             if self.device.type != "cpu":
                 self._buffers, self._views = [None, None], [None, None]
 

@@ -107,18 +107,27 @@ def test_distributed_update_over_gloo(servers, tiny_ckpt, flattened, bucket_mb):
 
 def test_flattened_buckets_of_any_layout(servers, tiny_ckpt):
     """Flattened buckets land in the stand-in's parameters whatever their layout: straight into them
-    (the usual case), names twice in a bucket (the last value wins), another dtype (cast), several
-    buckets packed while the previous one is sent; an unknown name fails the update without a hang."""
+    (the usual case), names twice in a bucket (the last value wins), big tensors unpacked beside the
+    packed rest, another dtype (cast), several buckets packed while the previous one is sent; an
+    unknown name fails the update without a hang."""
     _, _, tok = tiny_ckpt
     urls = [s.url for s in servers]
     sender = DistributedWeightSender(urls, backend="gloo", bucket_mb=1, flattened=True)
     try:
         _, a = new_weights(tok, 21)
         _, b = new_weights(tok, 22)
+        dict(a)["model.norm.weight"].fill_(0.5)  # a small tensor (packed) that differs between a and b
         sender.update(a)
         sender.update(a + b)  # every name twice in one bucket per 1 MiB: b's values win
         for u in urls:
             torch.testing.assert_close(probe(u), dict(b)[PROBE][:2], rtol=0, atol=0)
+        sender.unpacked_min_bytes = 16 << 10  # tensors from 16 KiB (the probe's size) go unpacked
+        sender.update(b + a)
+        assert sender.last_stats.buckets == 2  # one tensor-by-tensor request, one flattened
+        for u in urls:
+            torch.testing.assert_close(probe(u), dict(a)[PROBE][:2], rtol=0, atol=0)
+            served = requests.post(u + "/get_weights_by_name", json={"name": "model.norm.weight"}, timeout=30).json()
+            torch.testing.assert_close(torch.tensor(served), dict(a)["model.norm.weight"], rtol=0, atol=0)
         sender.bucket_bytes = 64 << 10  # many buckets, one dtype
         half = [(n, t.to(torch.bfloat16)) for n, t in a]
         sender.update(half)
