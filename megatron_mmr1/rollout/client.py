@@ -33,7 +33,7 @@ import copy
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import aiohttp
 
@@ -187,11 +187,16 @@ class RolloutClient:
         return self.cfg.request_timeout_s + self.cfg.request_timeout_per_token_s * max(0, int(max_new_tokens))
 
     # ------------------------------------------------------------------ public
-    def generate(self, prompts: Sequence[Sample], **sampling_override: Any) -> list[Sample]:
+    def generate(self, prompts: Sequence[Sample], on_group: Optional[Callable[[list[Sample]], Any]] = None,
+                 **sampling_override: Any) -> list[Sample]:
         """Blocking wrapper of :meth:`agenerate` for the (synchronous) training loop."""
-        return asyncio.run(self.agenerate(prompts, **sampling_override))
+        return asyncio.run(self.agenerate(prompts, on_group, **sampling_override))
 
-    async def agenerate(self, prompts: Sequence[Sample], **sampling_override: Any) -> list[Sample]:
+    async def agenerate(self, prompts: Sequence[Sample], on_group: Optional[Callable[[list[Sample]], Any]] = None,
+                        **sampling_override: Any) -> list[Sample]:
+        """Every prompt's ``n`` samples, prompt-major. ``on_group`` sees each prompt's samples as soon as
+        they are back (in completion order), e.g. to start scoring them while the rest decode; it must
+        not block."""
         max_new_tokens = sampling_override.pop("max_new_tokens", self.max_new_tokens)  # per-call budget (eval)
         sp = sampling_params_from_config(self.cfg, max_new_tokens, **sampling_override)
         sem = asyncio.Semaphore(self.cfg.max_inflight)
@@ -206,7 +211,10 @@ class RolloutClient:
                     async with sem:
                         outs = await self._generate_one(session, build_payload(p, sp))
                     check_prompt_tokens(p, outs)
-                    return fill_samples(p, outs, i)
+                    group = fill_samples(p, outs, i)
+                    if on_group is not None:
+                        on_group(group)
+                    return group
 
                 groups = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
             finally:

@@ -34,6 +34,26 @@ def group(samples: Sequence[Sample], n: int) -> tuple[torch.Tensor, torch.Tensor
     return rewards, acc, tokens
 
 
+def generate_scored(client: Any, prompts: Sequence[Sample], reward_cfg: Any, pool: Any,
+                    **sampling: Any) -> tuple[list[Sample], float]:
+    """Rollouts with their rewards. Each prompt's group is scored as soon as its responses are back,
+    while the other prompts still decode; returns the samples and the seconds spent scoring after the
+    last response (what generation did not hide)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from megatron_mmr1.rewards import compute_rewards
+
+    with ThreadPoolExecutor(1, thread_name_prefix="reward") as scorer:  # one caller of the pool at a time
+        scoring = []
+        samples = client.generate(prompts, on_group=lambda g: scoring.append(
+            scorer.submit(compute_rewards, g, reward_cfg, pool)), **sampling)
+        t0 = time.perf_counter()
+        for f in scoring:
+            f.result()  # rewards are set on the samples in place
+    return samples, time.perf_counter() - t0
+
+
 def seed_prompts(prompts: Sequence[Sample], seed: Optional[int], *keys: int) -> None:
     """``rollout.seed``: a sampling seed per prompt from (seed, keys..., prompt index), so a resumed run
     draws the same responses as an uninterrupted one."""
@@ -49,12 +69,11 @@ def make_score_fn(dataset: Any, client: Any, reward_cfg: Any, pool: Any, num_rol
                   seed: Optional[int] = None, seed_key=lambda: 0):
     """VPS scoring: ``num_rollouts`` fresh rollouts per prompt -> (accuracy [G, N], token ids).
     ``seed_key()``: where the run is (e.g. the sampler's consumed batches), for ``rollout.seed``."""
-    from megatron_mmr1.rewards import compute_rewards
 
     def score_fn(indices: list[int]):
         prompts = dataset.get_batch(indices).samples
         seed_prompts(prompts, seed, -1, seed_key())
-        out = compute_rewards(client.generate(prompts, n=num_rollouts), reward_cfg, pool)
+        out, _ = generate_scored(client, prompts, reward_cfg, pool, n=num_rollouts)
         _, acc, tokens = group(out, num_rollouts)
         if len(prompts) != len(indices):  # skipped records: score 0 variance (they are never drawn usefully)
             full = torch.zeros(len(indices), num_rollouts)
@@ -230,7 +249,6 @@ class RolloutProducer:
     def produce(self, step: int, version: Optional[str]) -> RolloutBatch:
         import time
 
-        from megatron_mmr1.rewards import compute_rewards
 
         times, t0 = {}, time.perf_counter()
         scored_before = self.sampler.scoring_rollouts
@@ -239,15 +257,13 @@ class RolloutProducer:
         prompts = self.dataset.get_batch(indices).samples
         seed_prompts(prompts, self.cfg.rollout.seed, step)
         t1 = time.perf_counter()
-        samples = self.client.generate(prompts)
-        t2 = time.perf_counter()
-        samples = compute_rewards(samples, self.cfg.reward, self.pool)
+        samples, reward_tail = generate_scored(self.client, prompts, self.cfg.reward, self.pool)
         batch = collect(self.cfg, samples, indices, self.forbidden)
         _, acc, tokens = group(samples, self.cfg.rollout.n)
         self.sampler.observe([p.index for p in prompts], acc, tokens)
         batch.metrics.update(self.sampler.metrics())
         batch.metrics["vas/scoring_rollouts_step"] = float(self.sampler.scoring_rollouts - scored_before)
-        times.update(rollout=t2 - t1, reward=time.perf_counter() - t2)
+        times.update(rollout=time.perf_counter() - t1 - reward_tail, reward=reward_tail)
         batch.metrics.update({f"time/{k}_s": v for k, v in times.items()})
         batch.version = version
         return batch
