@@ -319,6 +319,8 @@ class EvalConfig:
     """Sampling temperature of evaluation (0 = greedy)."""
     max_new_tokens: Optional[int] = None
     """Response tokens; None = data.max_response_length."""
+    at_start: bool = True
+    """GRPO: evaluate the starting policy before step 1 (a sweep from one checkpoint measures it once)."""
 
 
 @dataclass

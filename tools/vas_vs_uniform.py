@@ -150,7 +150,7 @@ def worker(overrides: list[str], record_path: Path, meta: dict, sft_eval: Option
     cached = json.loads(sft_eval.read_text()) if sft_eval is not None and sft_eval.exists() else None
     cached = cached["metrics"] if cached is not None and cached.get("key") == key else None
     if cached is not None:
-        _reuse_step0_eval(grpo, cached)
+        cfg.eval.at_start = False  # measured by the first run: its step-0 metrics are put in below
     info = parallel.initialize(cfg.parallel)
     t0 = time.time()
     try:
@@ -158,6 +158,8 @@ def worker(overrides: list[str], record_path: Path, meta: dict, sft_eval: Option
     finally:
         parallel.destroy()
     history = result.pop("history")
+    for k, v in (cached or {}).items():
+        history.setdefault(k, []).insert(0, (0, v))
     step0 = {k: v for k, pts in history.items() if k.startswith("eval/") for s, v in pts if s == 0}
     if sft_eval is not None and cached is None and step0:
         sft_eval.write_text(json.dumps({"key": key, "metrics": step0}, indent=1) + "\n")
@@ -165,23 +167,6 @@ def worker(overrides: list[str], record_path: Path, meta: dict, sft_eval: Option
     tmp = record_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record) + "\n")
     tmp.replace(record_path)  # a record on disk is a finished run
-
-
-def _reuse_step0_eval(grpo: Any, cached: dict[str, float]) -> None:
-    """The trainer's evaluator logs ``cached`` at step 0 instead of generating (later steps run)."""
-    evaluator = getattr(grpo, "_Evaluator", None)
-    if evaluator is None:  # the trainer changed: evaluate at step 0 as usual
-        return
-    real = evaluator.__call__
-
-    def call(self, step: int) -> None:
-        if step != 0:
-            return real(self, step)
-        self.results.append((0, dict(cached)))
-        self.monitor.scalars({k.split("eval/", 1)[-1]: v for k, v in cached.items()}, 0, prefix="eval/")
-        self.monitor.write("eval at step 0: the SFT checkpoint's, measured by the first run")
-
-    evaluator.__call__ = call
 
 
 def run_all(args: argparse.Namespace, s: Settings, sft_hf: Path, data: Path) -> None:

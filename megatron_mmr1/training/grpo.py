@@ -225,7 +225,7 @@ def run(cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
         forward_step = make_forward_step(cfg, grpo_loss, varlen)
         timer = PhaseTimer()
         evaluator = _Evaluator(cfg, client, tokenizer, monitor) if rank0 else None
-        if evaluator is not None and evaluator.enabled and start == 0:
+        if evaluator is not None and evaluator.enabled and start == 0 and cfg.eval.at_start:
             evaluator(0)
 
         def trainer_state() -> dict:
