@@ -8,13 +8,15 @@ One run prints, side by side:
 2. padding waste: tokens the packed micro-batches compute / real tokens, against plain padding of the
    optimizer step's sequences to its longest one (the trainer's ``batching/*`` metrics);
 3. weight-sync throughput: the loop's sync (bytes / seconds) and the distributed sender alone (tensor
-   by tensor and flattened) at growing payloads, against a bare ``torch.distributed`` broadcast of the
-   same bytes over a group of as many processes and the same backend (gloo on CPU);
+   by tensor and flattened) at growing payloads (the tiny policy repeated, then checkpoints of realistic
+   tensor sizes: ``make_wide_checkpoint``), against a bare ``torch.distributed`` broadcast of the same
+   bytes over a group of as many processes and the same backend (gloo on CPU);
 4. synchronous vs overlapped (``training.async_rollout``) on the same seeds and settings: seconds per
    steady step (step 1, with one-off start-up costs, is left out) and the ratio.
 
     python tools/bench_step.py --quick      # make bench: ~2.5 min of CPU time
     python tools/bench_step.py              # ~4 min of CPU time (2 cores)
+    python tools/bench_step.py --only weight_sync   # part 3 alone (no loop row), ~2 min
 
 The workload is examples/configs/tiny_cpu_grpo.yaml (its stand-in servers and temperature) with the
 random tiny policy made to stop like a sampled reasoner (``shape_stop_probability``). Each GRPO run
@@ -46,6 +48,11 @@ WORKLOADS = {
     "quick": dict(steps=3, rollout_batch_size=4, n=4, max_response_length=128, stop_p=1 / 32),
 }
 SYNC_PAYLOAD_REPEATS = {"default": (1, 16), "quick": (1, 8)}
+SYNC_WIDE_LAYERS = {"default": (4, 12), "quick": (4,)}
+"""Layers of the wide checkpoints whose updates are the realistic payloads (194 MB at 4, 545 MB at 12)."""
+WIDE_DIMS = dict(hidden_size=1024, ffn_hidden_size=2816, num_attention_heads=16, num_query_groups=2,
+                 mrope_section=[8, 12, 12])
+BENCHES = ("loop", "weight_sync")
 PHASES = ("rollout", "reward", "vps_scoring", "logprob", "train", "sync", "broadcast")
 
 
@@ -128,19 +135,33 @@ def _timed(fn: Callable, into: list[float]) -> Callable:
     return wrapper
 
 
-def bare_broadcast(sizes: list[list[int]], repeat: int) -> dict:
-    """Median seconds of a gloo broadcast from rank 0 of each payload: one flat uint8 tensor of the
-    total bytes, and the same bytes as separate tensors (async, as the weight sender posts them)."""
+def bare_serve(commands: Any, results: Any) -> None:
+    """A rank of :class:`BareBroadcast`: rank 0 reads payloads from ``commands`` and tells the others.
+    Per payload, one gloo broadcast from rank 0 of one flat uint8 tensor of its bytes and one of the
+    same bytes as separate tensors (async, as the weight sender posts them), each timed from a
+    barrier to a barrier (the receivers have the bytes); a new payload's tensors get one unmeasured
+    round first (page faults), as the sender's warm-up update."""
     import torch
     import torch.distributed as dist
 
     dist.init_process_group("gloo")
-    out = {}
+    held: tuple = ((), None, [])
     try:
-        for shapes in sizes:
-            total = sum(shapes)
-            flat = torch.zeros(total, dtype=torch.uint8)
-            parts = [torch.zeros(s // 4, dtype=torch.float32) for s in shapes]
+        while True:
+            shapes = commands.get() if dist.get_rank() == 0 else None
+            n = torch.tensor([-1 if shapes is None else len(shapes)], dtype=torch.int64)
+            dist.broadcast(n, src=0)
+            if n.item() < 0:
+                return
+            sizes = torch.tensor(shapes or [0] * n.item(), dtype=torch.int64)
+            dist.broadcast(sizes, src=0)
+            shapes = tuple(sizes.tolist())
+            fresh = held[0] != shapes
+            if fresh:
+                held = ((), None, [])  # free the last payload first
+                held = (shapes, torch.zeros(sum(shapes), dtype=torch.uint8),
+                        [torch.zeros(s // 4, dtype=torch.float32) for s in shapes])
+            _, flat, parts = held
 
             def one() -> None:
                 dist.broadcast(flat, src=0)
@@ -149,21 +170,56 @@ def bare_broadcast(sizes: list[list[int]], repeat: int) -> dict:
                 for h in [dist.broadcast(t, src=0, async_op=True) for t in parts]:
                     h.wait()
 
+            times = {}
             for name, fn in (("flat", one), ("tensors", many)):
-                ts = []
-                for _ in range(repeat + 1):
+                for _ in range(2 if fresh else 1):
                     dist.barrier()
                     t0 = time.perf_counter()
                     fn()
-                    dist.barrier()  # the receiver has the bytes
-                    ts.append(time.perf_counter() - t0)
-                out[(total, name)] = statistics.median(ts[1:])
+                    dist.barrier()
+                    times[name] = time.perf_counter() - t0
+            if dist.get_rank() == 0:
+                results.put(times)
     finally:
         dist.destroy_process_group()
-    return out
 
 
-# ---- the measurements -----------------------------------------------------------------------------
+class BareBroadcast:
+    """The bare broadcast as ``world`` processes kept alive, so that its measurements interleave with the
+    weight sender's (the same load on a shared machine) instead of coming from another minute."""
+
+    def __init__(self, world: int):
+        from megatron_mmr1.utils.net import free_port
+
+        ctx = mp.get_context("spawn")
+        self.commands, self.results, self.out = ctx.Queue(), ctx.Queue(), ctx.Queue()
+        port = free_port()
+        self.procs = [ctx.Process(target=_child, args=(bare_serve, r, world, port, (self.commands, self.results), self.out))
+                      for r in range(world)]
+        for p in self.procs:
+            p.start()
+
+    def times(self, shapes: list[int], timeout_s: float = 900.0) -> dict[str, float]:
+        import queue
+
+        self.commands.put(list(shapes))
+        end = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self.results.get(timeout=1.0)
+            except queue.Empty:
+                dead = [p for p in self.procs if not p.is_alive()]
+                if dead or time.monotonic() > end:
+                    why = self.out.get(timeout=5)[2] if dead and not self.out.empty() else "timed out"
+                    raise RuntimeError(f"bare broadcast: {why}") from None
+
+    def close(self) -> None:
+        self.commands.put(None)
+        for p in self.procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+
 
 def prepare_task(work: Path, stop_p: float, temperature: float) -> tuple[str, str]:
     """Synthetic RL prompts and the tiny random Qwen2.5-VL policy (as the demo and the tests make them),
@@ -306,60 +362,106 @@ def bench_loop(hf: str, data: str, work: Path, w: dict, seed: int, rows: list[di
     return runs
 
 
-def bench_weight_sync(hf: str, history: dict, repeats: tuple[int, ...], servers: int, work: Path,
-                      rows: list[dict]) -> None:
-    """The loop's weight sync and the distributed sender alone (tensor by tensor, and flattened buckets),
-    the tiny model's tensors repeated for bigger payloads, against a bare two-process broadcast of the
-    same bytes over a group of as many processes (trainer + one per server); the sender's fixed cost (pause, flush, session, continue: an update of no tensors) apart."""
+def make_wide_checkpoint(work: Path, tokenizer_dir: str, layers: int) -> str:
+    """The tiny policy's architecture at hidden size 1024 (FFN 2816, 16 heads): 81 tensors of 0.26-11.5 MB
+    for 4 layers, as a real checkpoint's are (Qwen2.5-VL-3B: ~830 tensors, 9 MB on average in bf16),
+    where the tiny policy's average 24 KB makes any update a matter of per-tensor overhead."""
+    from megatron_mmr1.models.tiny import make_tiny_hf_checkpoint
+
+    out = work / f"wide{layers}"
+    if not (out / "config.json").exists():
+        make_tiny_hf_checkpoint(out, tokenizer_dir, seed=0, num_layers=layers, **WIDE_DIMS)
+    return str(out)
+
+
+def bench_weight_sync(hf: str, history: dict | None, repeats: tuple[int, ...], servers: int, work: Path,
+                      rows: list[dict], wide_layers: tuple[int, ...] = ()) -> None:
+    """The loop's weight sync and the distributed sender alone (tensor by tensor, and flattened buckets)
+    against a bare broadcast of the same bytes over a group of as many processes (trainer + one per
+    server), measured just before on the same machine; the sender's fixed cost (pause, flush, session,
+    continue: an update of no tensors) apart. Payloads: the tiny policy's tensors (repeated for bigger
+    payloads: every name many times in one bucket, 24 KB per tensor), then updates of wide checkpoints
+    (``wide_layers``), each tensor once, as a trainer sends them."""
+    print(f"\n== weight sync vs a bare torch.distributed broadcast (gloo, {1 + servers} processes) ==", flush=True)
+    loop_bytes, loop_s = (int(med(history, "sync/bytes")), med(history, "sync/seconds")) if history else (0, 0.0)
+    fixed = _sync_payloads(hf, "tiny", repeats, servers, work, rows, loop_bytes)
+    if loop_bytes:
+        fixed_s, bare, tensors = fixed
+        _sync_row(rows, "loop", "tiny x1 (the loop's own sync)", loop_bytes, loop_s, fixed_s, tensors,
+                  bare[(loop_bytes, "flat")], bare[(loop_bytes, "tensors")])
+    for layers in wide_layers:
+        _sync_payloads(make_wide_checkpoint(work, hf, layers), f"wide{layers}", (1,), servers, work, rows)
+
+
+def _sync_payloads(hf: str, model: str, repeats: tuple[int, ...], servers: int, work: Path, rows: list[dict],
+                   extra_bytes: int = 0, pairs: int = 5) -> tuple[float, dict, int]:
+    """One server group on checkpoint ``hf``; its tensors x each of ``repeats``, per tensor and flattened:
+    ``pairs`` times a bare broadcast of the same bytes, then an update (after one unmeasured update of
+    the layout), so that both see the same load. Returns (the fixed cost, the bare broadcast's median
+    seconds by (bytes, kind), the checkpoint's tensor count)."""
     from safetensors.torch import load_file
 
     from megatron_mmr1.rollout.servers import LocalServerGroup
     from megatron_mmr1.rollout.weight_sync import DistributedWeightSender
 
-    print(f"\n== weight sync vs a bare torch.distributed broadcast (gloo, {1 + servers} processes) ==", flush=True)
     named = [(n, t.float().contiguous()) for f in sorted(Path(hf).glob("*.safetensors"))
              for n, t in load_file(str(f)).items()]
     shapes = [t.numel() * t.element_size() for _, t in named]
-    loop_bytes, loop_s = int(med(history, "sync/bytes")), med(history, "sync/seconds")
-    payloads = [shapes * r for r in repeats]
-    if loop_bytes and loop_bytes not in {sum(p) for p in payloads}:
-        payloads.append([loop_bytes])
-    bare = in_processes(bare_broadcast, 1 + servers, payloads, 3)[0]
-
-    group = LocalServerGroup(hf, servers, str(work / "sync_logs"))
-    urls = group.start(timeout_s=300)
-    sender = DistributedWeightSender(urls)
+    bare_group = BareBroadcast(1 + servers)
+    group = LocalServerGroup(hf, servers, str(work / f"sync_logs_{model}"))
+    bare: dict = {}
     try:
-        sender.connect()
-        sender.update(named, weight_version="warmup")
-        fixed = statistics.median(sender.update([], weight_version=f"empty{i}").seconds for i in range(3))
-        emit(rows, bench="weight_sync_fixed", seconds=round(fixed, 5),
-             calls="pause, flush, begin_weight_update, end_weight_update, continue")
-        for flattened in (False, True):
-            sender.flattened = flattened
+        urls = group.start(timeout_s=300)
+        sender = DistributedWeightSender(urls)
+        try:
+            sender.connect()
+            sender.update(named, weight_version="warmup")
+            fixed = statistics.median(sender.update([], weight_version=f"empty{i}").seconds for i in range(5))
+            emit(rows, bench="weight_sync_fixed", model=model, seconds=round(fixed, 5),
+                 calls="pause, flush, begin_weight_update, end_weight_update, continue")
             for r in repeats:
-                ts = [sender.update(named * r, weight_version=f"r{r}.{i}").seconds for i in range(3)]
-                nbytes = sender.last_stats.bytes
-                _sync_row(rows, "sender_flattened" if flattened else "sender", nbytes, statistics.median(ts), fixed,
-                          len(named) * r, bare[(nbytes, "flat")], bare[(nbytes, "tensors")])
+                payload = f"{model} x{r}" + (" (every name repeated in the bucket)" if r > 1 else "")
+                samples: dict[str, list[float]] = {"flat": [], "tensors": []}
+                for flattened in (False, True):
+                    sender.flattened = flattened
+                    sender.update(named * r, weight_version=f"r{r}.warmup")  # first of a layout: buffers, arena
+                    ts, flat_ts = [], []
+                    for i in range(pairs):
+                        for kind, t in bare_group.times(shapes * r).items():
+                            samples[kind].append(t)
+                        flat_ts.append(samples["flat"][-1])
+                        ts.append(sender.update(named * r, weight_version=f"r{r}.{i}").seconds)
+                    nbytes = sender.last_stats.bytes
+                    _sync_row(rows, "sender_flattened" if flattened else "sender", payload, nbytes,
+                              statistics.median(ts), fixed, len(named) * r, statistics.median(flat_ts),
+                              statistics.median(samples["tensors"][-pairs:]),
+                              paired=statistics.median(b / t for b, t in zip(flat_ts, ts)))
+                bare.update({(nbytes, kind): statistics.median(ts) for kind, ts in samples.items()})
+            if extra_bytes and (extra_bytes, "flat") not in bare:
+                ts = [bare_group.times([extra_bytes]) for _ in range(pairs)]
+                bare.update({(extra_bytes, kind): statistics.median(t[kind] for t in ts) for kind in ts[0]})
+        finally:
+            sender.close()
     finally:
-        sender.close()
         group.stop()
-    if loop_bytes:
-        _sync_row(rows, "loop", loop_bytes, loop_s, fixed, len(named), bare[(loop_bytes, "flat")],
-                  bare[(loop_bytes, "tensors")])
+        bare_group.close()
+    return fixed, bare, len(named)
 
 
-def _sync_row(rows: list[dict], what: str, nbytes: int, sec: float, fixed: float, tensors: int, flat_s: float,
-              tensors_s: float) -> None:
+def _sync_row(rows: list[dict], what: str, payload: str, nbytes: int, sec: float, fixed: float, tensors: int,
+              flat_s: float, tensors_s: float, paired: float | None = None) -> None:
+    """``ratio_vs_bare``: the median over (bare broadcast, update) pairs run back to back of bare seconds /
+    update seconds (the throughput ratio under the same load), else the ratio of the medians."""
     gbps = lambda s: round(nbytes / s / 1e9, 4) if s > 0 else 0.0  # noqa: E731
     ratio = lambda a, b: round(a / b, 3) if b > 0 else 0.0  # noqa: E731
-    emit(rows, bench="weight_sync", what=what, bytes=nbytes, tensors=tensors, seconds=round(sec, 5),
+    main_ratio = round(paired, 3) if paired is not None else ratio(flat_s, sec)
+    emit(rows, bench="weight_sync", what=what, payload=payload, bytes=nbytes, tensors=tensors, seconds=round(sec, 5),
          gb_per_s=gbps(sec), bare_flat_gb_per_s=gbps(flat_s), bare_tensors_gb_per_s=gbps(tensors_s),
-         ratio_vs_bare=ratio(flat_s, sec), ratio_vs_bare_tensor_by_tensor=ratio(tensors_s, sec),
+         ratio_vs_bare=main_ratio, ratio_of_medians=ratio(flat_s, sec),
+         ratio_vs_bare_tensor_by_tensor=ratio(tensors_s, sec),
          # without the fixed control calls (None where the payload's time is within them)
          data_ratio_vs_bare=ratio(flat_s, sec - fixed) if sec > 2 * fixed else None,
-         target=0.8, met=ratio(flat_s, sec) >= 0.8)
+         target=0.8, met=main_ratio >= 0.8)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -368,6 +470,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--steps", type=int, default=None, help="GRPO steps per mode (>= 3; step 1 is start-up)")
     ap.add_argument("--seed", type=int, default=7, help="rollout.seed of both modes")
     ap.add_argument("--work-dir", default=None, help="keep data, policy and run outputs here (default: a temp dir)")
+    ap.add_argument("--only", choices=BENCHES, default=None,
+                    help="run one part: loop (phases, padding, overlap) or weight_sync (without the loop's own row)")
     args = ap.parse_args(argv)
     kind = "quick" if args.quick else "default"
     w = dict(WORKLOADS[kind], **({"steps": args.steps} if args.steps else {}))
@@ -388,8 +492,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench_step_") as tmp:
         work = Path(args.work_dir or tmp)
         hf, data = prepare_task(work, w["stop_p"], rollout.temperature)
-        runs = bench_loop(hf, data, work, w, args.seed, rows)
-        bench_weight_sync(hf, runs["sync"]["history"], SYNC_PAYLOAD_REPEATS[kind], rollout.num_servers, work, rows)
+        runs = bench_loop(hf, data, work, w, args.seed, rows) if args.only in (None, "loop") else None
+        if args.only in (None, "weight_sync"):
+            bench_weight_sync(hf, runs["sync"]["history"] if runs else None, SYNC_PAYLOAD_REPEATS[kind],
+                              rollout.num_servers, work, rows, SYNC_WIDE_LAYERS[kind])
     load = os.getloadavg()
     emit(rows, bench="done", wall_s=round(time.perf_counter() - t0, 1), load_avg_1m=round(load[0], 2))
     return rows
