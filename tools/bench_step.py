@@ -48,8 +48,8 @@ WORKLOADS = {
     "quick": dict(steps=3, rollout_batch_size=4, n=4, max_response_length=128, stop_p=1 / 32),
 }
 SYNC_PAYLOAD_REPEATS = {"default": (1, 16), "quick": (1, 8)}
-SYNC_WIDE_LAYERS = {"default": (4, 12), "quick": (4,)}
-"""Layers of the wide checkpoints whose updates are the realistic payloads (194 MB at 4, 545 MB at 12)."""
+SYNC_WIDE_LAYERS = {"default": (4, 12, 24), "quick": (4,)}
+"""Layers of the wide checkpoints whose updates are the realistic payloads (194 MB at 4, 546 MB at 12, 1.07 GB at 24)."""
 WIDE_DIMS = dict(hidden_size=1024, ffn_hidden_size=2816, num_attention_heads=16, num_query_groups=2,
                  mrope_section=[8, 12, 12])
 BENCHES = ("loop", "weight_sync")
