@@ -7,7 +7,8 @@ and renames to Hugging Face checkpoint names; only the sender rank (DP=0, TP=0, 
   ``/init_weights_update_group`` on every server + a matching group on the trainer (rank 0; gloo on
   CPU, nccl on GPU). Per update: ``/pause_generation`` -> ``/flush_cache`` -> ``/begin_weight_update``
   -> per bucket (``bucket_mb``, ~512 MiB): ``/update_weights_from_distributed`` on every server while
-  the trainer broadcasts the bucket's tensors (one by one, or as one ``flattened_bucket``) ->
+  the trainer broadcasts the bucket's tensors (one by one, or as one ``flattened_bucket``; on gloo
+  a flattened bucket's tensors of >= 1 MiB go one by one in a request of their own, unpacked) ->
   ``/end_weight_update`` -> ``/continue_generation``.
 * ``DiskWeightSender`` (fallback): safetensors into a directory every server can read, then
   ``/update_weights_from_disk``.
