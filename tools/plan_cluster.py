@@ -109,7 +109,8 @@ class Workload:
     train_vision: bool
     max_inflight: int
     scoring_prompts: int
-    """Prompts a VPS full refresh rolls out (0: online refresh or uniform sampling, no extra rollouts)."""
+    """Prompts a VPS full refresh rolls out (0: uniform sampling, or online refresh, whose re-scoring of
+    stale prompts is not modelled)."""
     scoring_n: int
     """Scoring rollouts per prompt (vps.num_rollouts)."""
     scoring_interval: int
@@ -572,7 +573,7 @@ def report(p: Plan) -> str:
         f"{w.response_tokens:,.0f} of at most {w.max_response_tokens}; KL reference: {w.use_kl}; vision trained: "
         f"{w.train_vision}",
         f"  VPS full refresh: {w.scoring_prompts} prompts x {w.scoring_n} rollouts every {w.scoring_interval} steps"
-        if w.scoring_prompts else "  VPS: no scoring rollouts (online refresh or uniform sampling)",
+        if w.scoring_prompts else "  VPS: no scoring rollouts counted (uniform sampling, or online refresh: its re-scoring of stale prompts is not modelled)",
         f"  GPU: {p.gpu.name}, {p.gpu.bf16_tflops:.0f} TFLOPS bf16 dense, HBM {p.gpu.hbm_tbps} TB/s, NVLink "
         f"{p.gpu.nvlink_gbps:.0f} GB/s, InfiniBand {p.gpu.ib_gbps:.0f} GB/s, PCIe {p.gpu.pcie_gbps:.0f} GB/s "
         "(per GPU, one direction)",
