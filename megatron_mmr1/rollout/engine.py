@@ -12,6 +12,7 @@ server queues them while a batch runs); this is a correctness stand-in, not a fa
 from __future__ import annotations
 
 import base64
+import collections
 import io
 import logging
 import os
@@ -406,9 +407,7 @@ class LocalEngine:
         keys = self._check(names, shapes)
         if self.weights_released:
             return [None] * len(keys)
-        counts: dict[str, int] = {}
-        for k in keys:
-            counts[k] = counts.get(k, 0) + 1
+        counts = collections.Counter(keys)
         out: list[Optional[torch.Tensor]] = []
         for key, dt in zip(keys, dtypes):
             p = self._params[key].data

@@ -149,8 +149,8 @@ class StandInServer:
         self.batch_wait_s = batch_wait_s
         """How long an idle engine waits for a burst of concurrent requests before it starts a batch."""
         self.pending: list[tuple[GenRequest, asyncio.Future]] = []
-        self._draining = False
         self._drain_task: Optional[asyncio.Future] = None
+        """Decodes ``pending`` until it is empty; held here (the event loop keeps weak references)."""
         self.health_check_timeout_s = health_check_timeout_s
         self.released: set[str] = set()
         """Memory-saver tags released and not resumed yet."""
@@ -287,9 +287,8 @@ class StandInServer:
                 req = self.engine.prepare(it.get("text"), it.get("input_ids"), it["images"], sp, it["logprob"], it["rid"])
                 futures.append(loop.create_future())
                 self.pending.append((req, futures[-1]))
-            if not self._draining:
-                self._draining = True
-                self._drain_task = asyncio.ensure_future(self._drain())  # held: the loop keeps weak references
+            if self._drain_task is None or self._drain_task.done():
+                self._drain_task = asyncio.ensure_future(self._drain())
             outs: list[dict] = []
             for f in futures:
                 outs += await f
@@ -301,28 +300,27 @@ class StandInServer:
         return web.json_response(outs[0] if single else outs)
 
     async def _drain(self) -> None:
-        """Decode the queued requests, a batch of equal sampling parameters at a time (oldest first)."""
-        try:
-            await asyncio.sleep(self.batch_wait_s)
-            while self.pending:
-                key = batch_key(self.pending[0][0].sp)
-                batch = [p for p in self.pending if batch_key(p[0].sp) == key][: self.max_running_requests]
-                for p in batch:
-                    self.pending.remove(p)
-                self.batches += 1
-                try:
-                    results = await self._run(self.engine.generate_batch, [r for r, _ in batch], self.weight_version)
-                except Exception as e:  # noqa: BLE001 (handed to every waiting request)
-                    results = [e] * len(batch)
-                for (_, fut), res in zip(batch, results):
-                    if fut.done():  # the client went away
-                        continue
-                    if isinstance(res, Exception):
-                        fut.set_exception(res)
-                    else:
-                        fut.set_result(res)
-        finally:
-            self._draining = False
+        """Decode the queued requests, a batch of equal sampling parameters at a time (oldest first).
+        Returns when the queue is empty, with no await after that check: a request queued later sees
+        this task done and starts another."""
+        await asyncio.sleep(self.batch_wait_s)
+        while self.pending:
+            key = batch_key(self.pending[0][0].sp)
+            batch = [p for p in self.pending if batch_key(p[0].sp) == key][: self.max_running_requests]
+            for p in batch:
+                self.pending.remove(p)
+            self.batches += 1
+            try:
+                results = await self._run(self.engine.generate_batch, [r for r, _ in batch], self.weight_version)
+            except Exception as e:  # noqa: BLE001 (handed to every waiting request)
+                results = [e] * len(batch)
+            for (_, fut), res in zip(batch, results):
+                if fut.done():  # the client went away
+                    continue
+                if isinstance(res, Exception):
+                    fut.set_exception(res)
+                else:
+                    fut.set_result(res)
 
     async def flush_cache(self, request: web.Request) -> web.Response:
         if self.running:

@@ -378,8 +378,10 @@ class DistributedWeightSender:
         big_bytes = self.unpacked_min_bytes
 
         def prepare(bucket: list, slot: int) -> tuple[list, list, Optional[concurrent.futures.Future]]:
-            big = [] if big_bytes is None else [(n, t) for n, t in bucket if t.numel() * t.element_size() >= big_bytes]
-            small = [(n, t) for n, t in bucket if big_bytes is None or t.numel() * t.element_size() < big_bytes]
+            big, small = [], []
+            for n, t in bucket:
+                unpacked = big_bytes is not None and t.numel() * t.element_size() >= big_bytes
+                (big if unpacked else small).append((n, t))
             packed = self._packer.submit(self._pack, [t.detach() for _, t in small], slot) if small else None
             return big, small, packed
 

@@ -249,7 +249,6 @@ class RolloutProducer:
     def produce(self, step: int, version: Optional[str]) -> RolloutBatch:
         import time
 
-
         times, t0 = {}, time.perf_counter()
         scored_before = self.sampler.scoring_rollouts
         indices = self.sampler.next_batch()
