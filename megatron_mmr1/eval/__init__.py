@@ -9,13 +9,14 @@ records -> MMR1 prompts -> responses from rollout servers -> verdicts -> per-ben
 """
 
 from megatron_mmr1.eval.readers import Benchmark, EvalItem, LayoutError, load_benchmarks
-from megatron_mmr1.eval.results import BenchmarkResult, EvalResult, markdown_report, write_outputs
+from megatron_mmr1.eval.results import (BenchmarkResult, EvalResult, PairedDiff, markdown_report, paired_difference,
+                                        write_outputs)
 from megatron_mmr1.eval.runner import evaluate, generate_responses
 from megatron_mmr1.eval.scoring import eval_pool, extract_answer, score_answer
 
 __all__ = [
     "Benchmark", "EvalItem", "LayoutError", "load_benchmarks",
-    "BenchmarkResult", "EvalResult", "markdown_report", "write_outputs",
+    "BenchmarkResult", "EvalResult", "PairedDiff", "markdown_report", "paired_difference", "write_outputs",
     "evaluate", "generate_responses",
     "eval_pool", "extract_answer", "score_answer",
 ]

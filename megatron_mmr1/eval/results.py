@@ -132,6 +132,46 @@ class EvalResult:
         return {"model": self.model, "average": self.average, "settings": self.settings, "benchmarks": benches}
 
 
+@dataclass
+class PairedDiff:
+    """Accuracy of B minus A on the questions both answered, with the standard error of the paired mean.
+
+    Pairing removes the between-question variance: on a held-out set where most questions are always
+    right or always wrong, the paired SE is far below the sqrt(2 p (1 - p) / n) of two independent means.
+    """
+
+    n: int
+    delta: float
+    se: float
+    gained: int
+    """Questions B gets right (mean@k higher) and A does not."""
+    lost: int
+
+    def __str__(self) -> str:
+        return f"{self.delta:+.3f} (paired SE {self.se:.3f}, n={self.n}, +{self.gained}/-{self.lost} questions)"
+
+
+def question_scores(b: BenchmarkResult) -> dict[tuple[str, str], float]:
+    """(source, id) -> mean@k of that question, from the per-response records."""
+    per: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for r in b.samples:
+        per[(str(r.get("source", "")), str(r["id"]))].append(float(r["correct"]))
+    return {q: sum(v) / len(v) for q, v in per.items()}
+
+
+def paired_difference(a: BenchmarkResult, b: BenchmarkResult) -> PairedDiff:
+    """B's accuracy minus A's over the questions in both (same benchmark, e.g. two steps of one run)."""
+    qa, qb = question_scores(a), question_scores(b)
+    common = [q for q in qa if q in qb]
+    if not common:
+        raise ValueError(f"benchmarks '{a.name}' and '{b.name}' share no question ids: nothing to pair")
+    d = [qb[q] - qa[q] for q in common]
+    n = len(d)
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+    return PairedDiff(n=n, delta=mean, se=(var / n) ** 0.5, gained=sum(x > 0 for x in d), lost=sum(x < 0 for x in d))
+
+
 # --------------------------------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------------------------------
@@ -175,6 +215,20 @@ def markdown_report(results: Sequence[EvalResult]) -> str:
     lines += ["", "### Details", ""] + _table(
         ["model", "benchmark", "n", "k", "mean@k", "pass@k", "format", "answered", "boxed", "truncated", "tokens",
          "skipped", "failed"], detail_rows)
+
+    paired_rows = []
+    for r, m in zip(results[1:], by_model[1:]):
+        for n in names:
+            if n in m and n in by_model[0]:
+                try:
+                    d = paired_difference(by_model[0][n], m[n])
+                except ValueError:
+                    continue
+                paired_rows.append([r.model, DISPLAY.get(n, n), str(d.n), f"{100 * d.delta:+.1f}", f"{100 * d.se:.1f}",
+                                    str(d.gained), str(d.lost)])
+    if paired_rows:
+        lines += ["", f"### Paired against {results[0].model} (same questions)", ""] + _table(
+            ["model", "benchmark", "n", "delta", "paired SE", "gained", "lost"], paired_rows)
 
     cat_rows = []
     for n in names:

@@ -165,6 +165,9 @@ def test_report_side_by_side_and_files(files, formatter, tmp_path):
     assert lines[4] == "| before | 66.7 | 50.0 | 58.3 |"
     assert lines[5] == "| after | 100.0 | 50.0 | 75.0 |"
     assert "| MathVista | task | geometry problem solving | 2 | 50.0 | 100.0 |" in lines
+    # one of three MathVista questions turned right: +33.3 points, paired SE sqrt(var(1, 0, 0) / 3) = 33.3
+    assert "### Paired against before (same questions)" in lines
+    assert "| after | MathVista | 3 | +33.3 | 33.3 | 1 | 0 |" in lines
     paths = write_outputs([before, after], tmp_path / "out")
     saved = json.loads(paths["json"].read_text())
     assert [m["model"] for m in saved["models"]] == ["before", "after"]
