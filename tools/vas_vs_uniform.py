@@ -209,7 +209,7 @@ def run_all(args: argparse.Namespace, s: Settings, sft_hf: Path, data: Path) -> 
 
 
 def build(out: Path, sft_steps: int) -> tuple[Path, Path]:
-    """Synthetic data, a random tiny policy and a short SFT through the trainer (``--build``)."""
+    """Synthetic data, a random tiny policy and the SFT config's cold start through the trainer (``--build``)."""
     py = sys.executable
     data, hf_tiny, sft_hf = out / "data_src", out / "hf_tiny", out / "sft_hf"
     steps = [
@@ -219,7 +219,7 @@ def build(out: Path, sft_steps: int) -> tuple[Path, Path]:
           "--logit-scale", "20"], hf_tiny / "config.json"),
         ([py, "-m", "megatron_mmr1.train", "--config", SFT_CONFIG, f"model.hf_path={hf_tiny}",
           f"model.tokenizer_path={hf_tiny}", f"data.train_files=[{data / 'sft_train.jsonl'}]",
-          f"training.train_iters={sft_steps}", "optim.lr=0.003", "optim.min_lr=0.0003",
+          f"training.train_iters={sft_steps}",
           f"output_dir={out / 'sft'}", f"checkpoint.export_hf={sft_hf}", "logging.progress=false"],
          sft_hf / "config.json"),
     ]
@@ -465,7 +465,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--sft-hf", type=Path, help="SFT policy in HF format (the common starting point)")
     ap.add_argument("--data", type=Path, help="folder with rl_train.jsonl and rl_val.jsonl")
     ap.add_argument("--build", action="store_true", help="make synthetic data and a short SFT under OUT/build first")
-    ap.add_argument("--sft-steps", type=int, default=280, help="SFT steps of --build")
+    ap.add_argument("--sft-steps", type=int, default=1440, help="SFT steps of --build (the SFT config's schedule: "
+                    "held-out accuracy ~0.21, where 280 steps of 16 gave ~0.145)")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default outputs/vas_vs_uniform[_quick])")
     ap.add_argument("--figure", type=Path, default=None, help="figure path (default OUT/vas_vs_uniform.png)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
