@@ -366,6 +366,6 @@ class _Evaluator:
                 out[f"{name}_first"], out[f"{name}_last"] = first[k], last[k]
         if s1 != s0:
             for b, d in self.paired(r0, r1).items():
-                out.update({f"eval_{b}_paired_delta": d.delta, f"eval_{b}_paired_se": d.se,
+                out.update({f"eval_{b}_paired_delta": d.delta, f"eval_{b}_paired_se": d.se, f"eval_{b}_n": d.n,
                             f"eval_{b}_gained": d.gained, f"eval_{b}_lost": d.lost})
         return out

@@ -126,7 +126,7 @@ def test_colocated_run_releases_and_resumes_the_servers(task, tmp_path):
     assert len((tmp_path / "eval" / "step_2" / "rl_val.jsonl").read_text().splitlines()) == n_val
     assert (s["eval_step_first"], s["eval_step_last"]) == (0, 2)
     assert s["eval_rl_val_paired_delta"] == pytest.approx(s["eval_average_accuracy_last"] - s["eval_average_accuracy_first"])
-    assert s["eval_rl_val_paired_se"] >= 0.0
+    assert s["eval_rl_val_paired_se"] >= 0.0 and s["eval_rl_val_n"] == n_val
     paths = [p for p, _ in s["server_calls"] if p != "/flush_cache"]
     one_step = ["/pause_generation", "/release_memory_occupation", "/resume_memory_occupation", "/pause_generation",
                 "/update_weights_from_tensor", "/resume_memory_occupation", "/continue_generation"]
