@@ -12,7 +12,7 @@ import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Optional, Sequence
 
 # The paper's column order (MMR1 tables); other benchmarks follow in the order they were given.
 PAPER_ORDER = ("mathverse", "mathvista", "mathvision", "logicvista", "chartqa")
@@ -250,14 +250,18 @@ def markdown_report(results: Sequence[EvalResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(results: Sequence[EvalResult], out_dir: str | Path) -> dict[str, Path]:
-    """``results.md``, ``results.json`` and ``<model>/<benchmark>.jsonl`` (one line per response)."""
+def write_outputs(results: Sequence[EvalResult], out_dir: str | Path,
+                  jsonl_models: Optional[Collection[str]] = None) -> dict[str, Path]:
+    """``results.md``, ``results.json`` and ``<model>/<benchmark>.jsonl`` (one line per response) for the
+    models in ``jsonl_models`` (default: all; a run that adds one eval at a time writes only the new one)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "results.md", "json": out / "results.json"}
     paths["markdown"].write_text(markdown_report(results))
     paths["json"].write_text(json.dumps({"models": [r.to_dict() for r in results]}, indent=2) + "\n")
     for r in results:
+        if jsonl_models is not None and r.model not in jsonl_models:
+            continue
         for b in r.benchmarks:
             p = out / _safe(r.model) / f"{_safe(b.name)}.jsonl"
             p.parent.mkdir(parents=True, exist_ok=True)

@@ -339,7 +339,10 @@ class _Evaluator:
         result = evaluate(self.client, self.benchmarks, self.cfg.eval, self.cfg.data, tokenizer=self.tokenizer,
                           reward_cfg=self.cfg.reward, model=f"step_{step}", progress=False)
         self.results = [(s, r) for s, r in self.results if s != step] + [(step, result)]
-        write_outputs([r for _, r in self.results], Path(self.cfg.output_dir) / "eval")
+        write_outputs([r for _, r in self.results], Path(self.cfg.output_dir) / "eval", jsonl_models={result.model})
+        for _, r in self.results[1:-1]:  # on disk already; pairing needs only the first and the latest in memory
+            for b in r.benchmarks:
+                b.samples = []
         m = result.metrics()
         self.monitor.scalars({k.split("eval/", 1)[-1]: v for k, v in m.items()}, step, prefix="eval/")
         acc = {k: v for k, v in m.items() if k.endswith("/accuracy")}

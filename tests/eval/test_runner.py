@@ -175,3 +175,6 @@ def test_report_side_by_side_and_files(files, formatter, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "out" / "after" / "mathvista.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and {r["id"]: r["correct"] for r in rows} == {"1": 1.0, "2": 1.0, "3": 1.0}
     assert paths["markdown"].read_text() == table
+    only = write_outputs([before, after], tmp_path / "only_after", jsonl_models={"after"})
+    assert (tmp_path / "only_after" / "after" / "mathvista.jsonl").exists()
+    assert not (tmp_path / "only_after" / "before").exists() and "before/mathvista" not in only

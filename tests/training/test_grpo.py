@@ -116,14 +116,15 @@ def test_colocated_run_releases_and_resumes_the_servers(task, tmp_path):
     update -> resume KV cache and CUDA graphs -> continue."""
     (s,) = spawn(run_grpo, 1, grpo_overrides(task, tmp_path, "training.train_iters=2", "rollout.colocate=true", "rollout.num_servers=1",
                                              "rollout.weight_sync=tensor", f"data.val_files=[{task.rl_val}]",
-                                             "training.eval_interval=2", "eval.max_samples=6", "eval.max_new_tokens=8"),
+                                             "training.eval_interval=1", "eval.max_samples=6", "eval.max_new_tokens=8"),
                  True, timeout_s=600)
     assert s["steps"] == 2
-    # held-out evals at steps 0 and 2 are kept per response and compared question by question
+    # held-out evals at steps 0, 1 and 2 are kept per response and compared question by question
     report = (tmp_path / "eval" / "results.md").read_text()
-    assert "| step_0 |" in report and "| step_2 |" in report
+    assert all(f"| step_{i} |" in report for i in range(3))
     n_val = min(6, len(open(task.rl_val).read().splitlines()))
-    assert len((tmp_path / "eval" / "step_2" / "rl_val.jsonl").read_text().splitlines()) == n_val
+    for i in range(3):  # each eval's responses written once, not rewritten (or emptied) by later evals
+        assert len((tmp_path / "eval" / f"step_{i}" / "rl_val.jsonl").read_text().splitlines()) == n_val
     assert (s["eval_step_first"], s["eval_step_last"]) == (0, 2)
     assert s["eval_rl_val_paired_delta"] == pytest.approx(s["eval_average_accuracy_last"] - s["eval_average_accuracy_first"])
     assert s["eval_rl_val_paired_se"] >= 0.0 and s["eval_rl_val_n"] == n_val
