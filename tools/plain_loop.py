@@ -116,12 +116,11 @@ def greedy_eval(engine: LocalEngine, val, max_new: int, limit: int, batch: int =
     return {"accuracy": sum(per_q.values()) / len(per_q), "format": fmt / len(per_q), "per_question": per_q}
 
 
-def grpo_backward(engine: LocalEngine, samples, outs, adv: torch.Tensor, temperature: float) -> None:
+def grpo_backward(engine: LocalEngine, reqs, outs, adv: torch.Tensor, temperature: float) -> None:
     """One on-policy step's gradient: token-mean of -A * ratio over all responses (ratio = 1 in value)."""
     model = engine.model
     n_tokens = sum(len(r["output_ids"]) for o in outs for r in o)
-    for i, (s, group) in enumerate(zip(samples, outs)):
-        req = engine.prepare(s.prompt, None, s.images, SamplingParams(), False, "train")
+    for i, (req, group) in enumerate(zip(reqs, outs)):  # the generation's encoded prompts: images decoded once
         p, width = len(req.ids), len(req.ids) + max(len(r["output_ids"]) for r in group)
         ids = torch.full((len(group), width), engine.pad_token_id, dtype=torch.long)
         mask = torch.zeros(len(group), width)
@@ -159,12 +158,12 @@ def run_grpo(a: argparse.Namespace) -> dict:
         samples = train.get_batch([next(order) for _ in range(a.prompts)]).samples
         sp = SamplingParams(max_new_tokens=a.max_new_tokens, temperature=a.temperature, n=a.n,
                             sampling_seed=a.seed * 100_003 + step)
-        outs = engine.generate_batch([engine.prepare(s.prompt, None, s.images, sp, False, str(s.index))
-                                      for s in samples], str(step))
+        reqs = [engine.prepare(s.prompt, None, s.images, sp, False, str(s.index)) for s in samples]
+        outs = engine.generate_batch(reqs, str(step))
         t_gen = time.perf_counter() - t0
         parts = [[score_response(r["text"], s.answer) for r in o] for s, o in zip(samples, outs)]
         rewards = torch.tensor([[p["format"] + p["accuracy"] for p in g] for g in parts])
-        grpo_backward(engine, samples, outs, compute_grpo_advantages(rewards), a.temperature)
+        grpo_backward(engine, reqs, outs, compute_grpo_advantages(rewards), a.temperature)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(engine.model.parameters(), 1.0))
         opt.step()
         opt.zero_grad()

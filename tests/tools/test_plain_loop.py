@@ -47,13 +47,14 @@ def test_policy_gradient_equals_the_per_response_sum(task):
     ds = build_dataset(DataConfig(kind="rl", train_files=[str(paths["rl_train"])]), load_tokenizer(hf))
     samples = ds.get_batch([0, 1]).samples
     sp = SamplingParams(max_new_tokens=12, temperature=1.0, n=3, sampling_seed=5)
-    outs = engine.generate_batch([engine.prepare(s.prompt, None, s.images, sp, False, "r") for s in samples], "0")
+    reqs = [engine.prepare(s.prompt, None, s.images, sp, False, "r") for s in samples]
+    outs = engine.generate_batch(reqs, "0")
     for j, r in enumerate(outs[0]):  # unequal lengths, so the padded batch has padding to mask
         r["output_ids"] = r["output_ids"][: 4 + 3 * j]
     assert len({len(r["output_ids"]) for o in outs for r in o}) > 1
     adv = torch.tensor([[1.0, -0.5, -0.5], [0.3, 0.0, -0.3]])
     T = 0.7
-    plain.grpo_backward(engine, samples, outs, adv, T)
+    plain.grpo_backward(engine, reqs, outs, adv, T)
     got = {k: p.grad.clone() for k, p in engine.model.named_parameters() if p.grad is not None}
     engine.model.zero_grad()
 
