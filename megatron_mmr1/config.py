@@ -55,8 +55,10 @@ class ModelConfig:
     """Activation recomputation granularity; None keeps all activations."""
     params_dtype: Literal["auto", "fp32", "bf16"] = "auto"
     """bf16 on GPU, fp32 on CPU when auto."""
-    attention_backend: Literal["auto", "local", "te"] = "auto"
-    """Transformer Engine spec when installed on GPU, megatron's local spec otherwise."""
+    attention_backend: Literal["auto", "sdpa", "local", "te"] = "auto"
+    """auto: Transformer Engine spec when installed on GPU, else sdpa. sdpa: megatron's local spec with
+    torch's scaled_dot_product_attention as core attention. local: the local spec as megatron ships it
+    (unfused DotProductAttention; slower, kept as the reference). te: Transformer Engine."""
 
 
 @dataclass

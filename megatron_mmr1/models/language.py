@@ -1,7 +1,8 @@
 """The Qwen2.5 language model of Qwen2.5-VL as a megatron-core ``GPTModel``.
 
 RMSNorm, SwiGLU, GQA with QKV bias, M-RoPE (3 sections), untied or tied embeddings per size.
-Transformer Engine spec on GPU when installed, megatron's local spec otherwise (CPU).
+Transformer Engine spec on GPU when installed, megatron's local spec otherwise (CPU), with its core
+attention through torch SDPA (``attention.py``) unless ``model.attention_backend=local``.
 """
 
 from __future__ import annotations
@@ -83,12 +84,23 @@ def uses_te(model_cfg: ModelConfig) -> bool:
     return model_cfg.attention_backend == "te" or (model_cfg.attention_backend == "auto" and te_available())
 
 
+def has_varlen_attention(model_cfg: ModelConfig) -> bool:
+    """Packed rows go in as THD ``PackedSeqParams`` (TE's varlen kernels, or our SDPA core attention);
+    megatron's own local attention needs a block-diagonal mask instead."""
+    return model_cfg.attention_backend != "local"
+
+
 def layer_spec(model_cfg: ModelConfig):
     from megatron.core.models.gpt import gpt_layer_specs
 
     if uses_te(model_cfg):
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
-    return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    if model_cfg.attention_backend != "local":  # "sdpa", or "auto" without TE
+        from megatron_mmr1.models.attention import SDPADotProductAttention
+
+        spec.submodules.self_attention.submodules.core_attention = SDPADotProductAttention
+    return spec
 
 
 def build_language_model(

@@ -173,7 +173,7 @@ class Qwen25VLModel(torch.nn.Module):
         ``attention_mask``: None (causal), a (b, s) 1/0 padding mask, or megatron's (b, 1, s, s) bool mask.
         ``position_ids``: (3, b, s); None computes them from ``input_ids`` and ``image_grid_thw``.
         ``packed_seq_params``: megatron ``PackedSeqParams`` (qkv_format "thd", b = 1) for packed rows;
-        positions restart per sequence. Needs an attention backend with varlen support (TE on GPU).
+        positions restart per sequence. Needs a varlen attention backend (TE, or the default SDPA one).
         """
         if position_ids is None:
             position_ids = self.position_ids(input_ids, image_grid_thw, attention_mask, packed_seq_params)

@@ -272,8 +272,8 @@ def model_inputs(mb: MicroBatch, chunk: Any, varlen_attention: bool) -> tuple[Te
     """(position_ids (3, b, T), attention_mask, packed_seq_params) for ``chunk`` (a Qwen25VLModel).
 
     Packed rows: M-RoPE positions restart per sequence; attention stays inside each sequence through
-    THD ``PackedSeqParams`` when the attention backend has varlen kernels (TE), otherwise through a
-    block-diagonal causal mask (megatron's local attention, CPU). Padded rows: causal + right padding.
+    THD ``PackedSeqParams`` when the attention backend takes them (TE, or the SDPA core attention), otherwise
+    through a block-diagonal causal mask (megatron's own local attention, ``model.attention_backend=local``). Padded rows: causal + right padding.
     """
     if mb.packed:
         cu = mb.cu_seqlens.to(mb.input_ids.device)

@@ -243,9 +243,9 @@ def make_forward_step(cfg: RunConfig, loss_fn, varlen: bool):
 
 
 def varlen_attention(cfg: RunConfig) -> bool:
-    from megatron_mmr1.models.language import uses_te
+    from megatron_mmr1.models.language import has_varlen_attention
 
-    return uses_te(cfg.model)
+    return has_varlen_attention(cfg.model)
 
 
 def token_budget(cfg: RunConfig) -> Optional[int]:
