@@ -85,9 +85,10 @@ class _FusedGRPOLoss(torch.autograd.Function):
             logits, st = chunk_logits_stats(x_c, weight, targets[sl], inv_temp, vocab_start, group, triton_path)
             lp = st.logp.detach().requires_grad_(True)
             ent = st.entropy.detach().requires_grad_(True)
+            old_c = st.logp.detach() if old_logp is None else old_logp[sl]  # None: on-policy, ratio = 1
             with torch.enable_grad():
                 l_tok, clip_c, kl_c = per_token_loss(
-                    lp, ent, old_logp[sl], None if ref_logp is None else ref_logp[sl], advantages[sl], **loss_params
+                    lp, ent, old_c, None if ref_logp is None else ref_logp[sl], advantages[sl], **loss_params
                 )
                 contrib = (w_tok[sl] * l_tok).sum()
                 g_lp, g_ent = torch.autograd.grad(contrib, [lp, ent], allow_unused=True)
@@ -133,7 +134,7 @@ def fused_grpo_loss(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     targets: torch.Tensor,
-    old_logp: torch.Tensor,
+    old_logp: Optional[torch.Tensor],
     ref_logp: Optional[torch.Tensor],
     advantages: torch.Tensor,
     mask: torch.Tensor,
@@ -156,7 +157,8 @@ def fused_grpo_loss(
 
     hidden [..., H] (e.g. [T, H] packed or [B, S, H]; the seq-mean modes need [B, S]); weight: this
     rank's vocab shard [V_local, H]; per-token tensors (targets, old_logp, ref_logp or None, advantages,
-    mask) have hidden's leading shape. Gradients flow to hidden and weight only (dX is all-reduced over
+    mask) have hidden's leading shape. ``old_logp=None``: on-policy (one update per rollout batch), the old
+    policy is the current one, so old = logp detached, computed in the same pass (no second GEMM). Gradients flow to hidden and weight only (dX is all-reduced over
     ``tp_group`` unless reduce_grad_hidden=False). backend: "auto" | "triton" | "torch" (same chunked
     algorithm with torch row ops) | "reference" (full logits, for bisecting).
     """
@@ -187,7 +189,7 @@ def fused_grpo_loss(
         logp=logp,
         entropy=entropy,
         clip_frac=_masked_mean(clipped.reshape(shape), mask),
-        approx_kl=_masked_mean(old_logp.float() - logp, mask),
+        approx_kl=_masked_mean((logp if old_logp is None else old_logp.float()) - logp, mask),
         kl=_masked_mean(kl.reshape(shape), mask),
     )
 
@@ -199,6 +201,7 @@ def reference_grpo_loss(hidden, weight, targets, old_logp, ref_logp, advantages,
     reference per-token math and aggregation of megatron_mmr1.algorithms.losses (autograd for grads)."""
     logp, entropy = reference_logprobs(hidden, weight, targets, temperature=temperature, with_entropy=True,
                                        upcast=upcast)
+    old_logp = logp.detach() if old_logp is None else old_logp
     l_tok, clipped, kl = per_token_loss(
         logp, entropy, old_logp.float(), None if ref_logp is None else ref_logp.float(), advantages.float(),
         eps_low=eps_low, eps_high=eps_high, clip_c=clip_c, kl_coef=kl_coef, kl_estimator=kl_estimator,

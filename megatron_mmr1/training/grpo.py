@@ -77,20 +77,24 @@ def grpo_loss(cfg: RunConfig, chunk: Any, mb: mbs.MicroBatch, hidden: torch.Tens
     from mmr1_kernels import fused_grpo_loss
 
     a, temp = cfg.algorithm, cfg.rollout.temperature
+    # None: one update per rollout batch, the policy *is* the old policy (ratio 1); the loss kernel takes
+    # the current log-probs as old in the same pass instead of a second LM-head GEMM here
     old = mb.token_data.get("old_logp")
-    if old is None:  # one update per rollout batch: the policy *is* the old policy, ratio = 1
-        with torch.no_grad():
-            old = token_logprobs(cfg, chunk, hidden.detach(), mb.targets, temperature=temp)
     ref = mb.token_data.get("ref_logp") if a.use_kl_loss else None
     w, count = aggregation_weights(mb, a.loss_agg_mode)
     active = mb.loss_weight > 0
     rollout = mb.token_data.get("rollout_logp")
     if a.tis_clip is not None and rollout is not None:  # truncated importance sampling vs the rollout engine
+        if old is None:  # the weights need the old log-probs before the loss pass
+            with torch.no_grad():
+                old = token_logprobs(cfg, chunk, hidden.detach(), mb.targets, temperature=temp)
         w = w * torch.exp(old - rollout).clamp(max=a.tis_clip) * active
     kwargs = dict(fused_loss_kwargs(a), loss_agg_mode="token-mean")
     out = fused_grpo_loss(hidden, chunk.output_layer_weight(), mb.targets.clamp(min=0), old, ref,
                           mb.token_data["adv"], w, temperature=temp, tp_group=mpu.get_tensor_model_parallel_group(),
                           **kwargs)
+    if old is None:
+        old = out.logp
     loss_sum = out.loss * w.sum()
     n_tok = active.sum()
     metrics = {"loss": sum_metric(loss_sum, count),

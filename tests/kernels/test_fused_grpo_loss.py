@@ -80,6 +80,28 @@ def test_grpo_loss_without_reference_policy():
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_on_policy_old_logp_none_is_old_equal_to_current(backend):
+    """old_logp=None (one update per rollout batch) = the reference given old = the current log-probs
+    computed separately: ratio 1, nothing clipped, approx KL 0, the same loss and gradients."""
+    x, w, y, _, ref, adv, mask = make_batch(3, 8, 16, 200, seed=8)
+    with torch.no_grad():
+        current = reference_logprobs(x, w, y, temperature=FULL["temperature"])
+    xd, wd, yd, refd, advd, maskd, currentd = (t.to(device()) for t in (x, w, y, ref, adv, mask, current))
+    x1, w1 = xd.clone().requires_grad_(True), wd.clone().requires_grad_(True)
+    out = fused_grpo_loss(x1, w1, yd, None, refd, advd, maskd, chunk_size=8, backend=backend_or_skip(backend), **FULL)
+    out.loss.backward()
+    x2, w2 = xd.clone().requires_grad_(True), wd.clone().requires_grad_(True)
+    want = reference_grpo_loss(x2, w2, yd, currentd, refd, advd, maskd, **FULL)
+    want.loss.backward()
+    assert float(out.clip_frac) == 0.0 and float(want.clip_frac) == 0.0
+    assert abs(float(out.approx_kl)) < 1e-7
+    assert float(want.loss) != 0.0
+    check(out, want, (x1.grad, w1.grad), (x2.grad, w2.grad))
+    ref_none = reference_grpo_loss(xd, wd, yd, None, refd, advd, maskd, **FULL)  # the reference takes None too
+    assert_rel_close(ref_none.loss, want.loss, TOL[torch.float32]["value"], "reference loss with old_logp=None")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_grpo_loss_all_masked(backend):
     batch = list(make_batch(2, 5, 8, 64, seed=5))
     batch[-1] = torch.zeros(2, 5)
