@@ -75,7 +75,12 @@ class _RowSampler:
             sorted_p, order = probs.sort(dim=-1, descending=True)
             sorted_p = sorted_p.masked_fill(sorted_p.cumsum(-1) - sorted_p > self.top_p, 0.0)
             probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-        choice = torch.stack([torch.multinomial(probs[j], 1, generator=g) for j, g in enumerate(self.gens)])
+        # inverse-CDF draw: one uniform per row from the row's own generator (a per-row multinomial call
+        # over the vocabulary was most of the stand-in's sampling time)
+        u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.gens])
+        cdf = probs.double().cumsum(-1)
+        # first token whose cumulative probability exceeds u: never one of probability 0 (its cdf step is 0)
+        choice = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_(max=probs.shape[-1] - 1)
         return torch.full_like(scores, float("-inf")).scatter_(-1, choice, 0.0)
 
 

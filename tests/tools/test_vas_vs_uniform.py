@@ -153,7 +153,10 @@ def test_arm_overrides():
     o = vvu.run_overrides("uniform", 1, vvu.Settings(batch=4, n=8, steps=12), Path("sft"), Path("t"), Path("v"),
                           Path("o"))
     assert {"training.rollout_batch_size=4", "training.global_batch_size=32", "rollout.seed=1001",
-            "training.eval_interval=12"} <= set(o)
+            "training.eval_interval=12", "rollout.temperature=1.0", "algorithm.use_kl_loss=false"} <= set(o)
+    o = vvu.run_overrides("uniform", 1, vvu.Settings(steps=40, eval_interval=20, kl_loss=True), Path("sft"), Path("t"),
+                          Path("v"), Path("o"))
+    assert {"training.eval_interval=20", "algorithm.use_kl_loss=true"} <= set(o)
 
 
 def test_resume_skips_finished_runs(tmp_path, monkeypatch):
