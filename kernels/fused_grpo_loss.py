@@ -158,8 +158,9 @@ def fused_grpo_loss(
     hidden [..., H] (e.g. [T, H] packed or [B, S, H]; the seq-mean modes need [B, S]); weight: this
     rank's vocab shard [V_local, H]; per-token tensors (targets, old_logp, ref_logp or None, advantages,
     mask) have hidden's leading shape. ``old_logp=None``: on-policy (one update per rollout batch), the old
-    policy is the current one, so old = logp detached, computed in the same pass (no second GEMM). Gradients flow to hidden and weight only (dX is all-reduced over
-    ``tp_group`` unless reduce_grad_hidden=False). backend: "auto" | "triton" | "torch" (same chunked
+    policy is the current one, so old = logp detached, computed in the same pass (no second GEMM).
+    Gradients flow to hidden and weight only (dX is all-reduced over ``tp_group`` unless
+    reduce_grad_hidden=False). backend: "auto" | "triton" | "torch" (same chunked
     algorithm with torch row ops) | "reference" (full logits, for bisecting).
     """
     shape = targets.shape

@@ -96,7 +96,7 @@ def layer_spec(model_cfg: ModelConfig):
     if uses_te(model_cfg):
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
     spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
-    if model_cfg.attention_backend != "local":  # "sdpa", or "auto" without TE
+    if has_varlen_attention(model_cfg):  # "sdpa", or "auto" without TE: ours takes THD packed rows
         from megatron_mmr1.models.attention import SDPADotProductAttention
 
         spec.submodules.self_attention.submodules.core_attention = SDPADotProductAttention
