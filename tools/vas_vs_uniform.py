@@ -334,7 +334,7 @@ def summarize(records: list[dict]) -> list[dict]:
             "total_rollouts": statistics.fmean(total),
             "wall_s": statistics.fmean(float(r["wall_s"]) for r in recs),
             "format_final": _mean_last(recs, _format_key),
-            "kl_final": _mean_last(recs, lambda r: "policy/kl_ref"),
+            "kl_final": _mean_last(recs, lambda r: "policy/kl_ref" if r["settings"].get("kl_loss", True) else None),
         })
     return rows
 
@@ -385,6 +385,15 @@ PANELS = ((ACC_KEY, "held-out accuracy", 1), ("vas/zero_variance_frac", "zero-va
           ("grad_norm", "grad norm", 3), ("policy/kl_ref", "KL to the SFT policy", 1))
 """(history key, title, trailing running-mean window in steps: per-step values of a few groups are noisy);
 the KL shows how far each run drifted, which the held-out accuracy depends on as much as the sampler."""
+NO_KL_PANEL = ("reward/accuracy", "training accuracy (batch)", 5)
+"""The last panel of runs without a KL term, whose trainer logs no KL to the SFT policy."""
+
+
+def panels(records: list[dict]) -> tuple:
+    """``PANELS``, with the KL panel replaced by training accuracy when any run had no KL term."""
+    if all(r["settings"].get("kl_loss", True) for r in records):
+        return PANELS
+    return PANELS[:-1] + (NO_KL_PANEL,)
 
 
 def running_mean(ys: Sequence[float], window: int) -> list[float]:
@@ -393,17 +402,17 @@ def running_mean(ys: Sequence[float], window: int) -> list[float]:
 
 
 def make_figure(records: list[dict], title: str = "") -> Any:
-    """Rows: against steps, against total rollouts (scoring included); columns: ``PANELS``. One line
+    """Rows: against steps, against total rollouts (scoring included); columns: ``panels(records)``. One line
     per arm: the mean over seeds, with a ±1 std band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = by_arm(records)
-    fig, axes = plt.subplots(2, len(PANELS), figsize=(4.5 * len(PANELS), 7.5))
+    groups, cols = by_arm(records), panels(records)
+    fig, axes = plt.subplots(2, len(cols), figsize=(4.5 * len(cols), 7.5))
     for row, x in enumerate(("step", "rollouts")):
-        for col, (key, label, window) in enumerate(PANELS):
+        for col, (key, label, window) in enumerate(cols):
             ax = axes[row][col]
             for i, (arm, recs) in enumerate(groups.items()):
                 xs, ys, sd = mean_curve(recs, key, x)

@@ -24,7 +24,7 @@ ZERO_VAR = {"uniform": [0.5, 1.0, 0.5, 1.0], "vas-full": [0.0, 0.5, 0.0, 0.5], "
 
 def synthetic_record(arm: str, seed: int) -> dict:
     """A run record shaped as the worker writes it: history {key: [[step, value], ...]}."""
-    settings = asdict(vvu.Settings(steps=STEPS, batch=B, n=N))
+    settings = asdict(vvu.Settings(steps=STEPS, batch=B, n=N, kl_loss=True))
     steps = range(1, STEPS + 1)
     # vas-full scores before step 1; vas-online re-scores 8 rollouts at step 3
     scoring = [SCORING[arm] if arm == "vas-full" or s >= 3 else 0.0 for s in steps]
@@ -70,6 +70,10 @@ def test_summary_rows(records):
     assert "| uniform | 3 | 0.200 | 0.400 ± 0.100 | +0.200 ± 0.100 | 0.600 | n/a |" in vvu.markdown_table(
         vvu.summarize(records))
     assert "| 32 | 64 | 96 | 2.0 min |" in table
+    for rec in records:  # runs without a KL term: no KL column, whatever the history holds
+        rec["settings"]["kl_loss"] = False
+    assert "| vas-full | 3 | 0.200 | 0.400 ± 0.050 | +0.200 ± 0.050 | 0.600 | n/a |" in vvu.markdown_table(
+        vvu.summarize(records))
 
 
 def test_rollouts_include_scoring():
@@ -105,8 +109,17 @@ def test_figure_curves(records, tmp_path):
     assert list(full.get_ydata()) == pytest.approx([0.0, 0.25, 1 / 6, 1 / 3])  # 3-step running mean of ZERO_VAR
     acc = {line.get_label().split(" (")[0]: line for line in axes[0].lines}["uniform"]
     assert list(acc.get_xdata()) == [0.0, STEPS] and list(acc.get_ydata()) == pytest.approx([0.2, 0.4])
+    assert axes[len(vvu.PANELS) - 1].get_title() == "KL to the SFT policy"
     path = vvu.plot(records, tmp_path / "fig.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_figure_without_kl_term_shows_training_accuracy(records):
+    records[0]["settings"]["kl_loss"] = False
+    axes = vvu.make_figure(records).axes
+    assert axes[len(vvu.PANELS) - 1].get_title().startswith("training accuracy")
+    line = {ln.get_label().split(" (")[0]: ln for ln in axes[len(vvu.PANELS) - 1].lines}["uniform"]
+    assert list(line.get_ydata()) == pytest.approx([0.25] * STEPS)
 
 
 def test_bad_records_name_file_and_key(records, tmp_path):
