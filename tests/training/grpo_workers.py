@@ -95,6 +95,32 @@ def grpo_split_gradients(overrides: list[str], budgets: dict[str, dict]) -> dict
     return out
 
 
+def grpo_gradient_hf(overrides: list[str]) -> dict:
+    """The gradient of one on-policy GRPO optimizer step on fixed rollouts, through the trainer's own
+    path (token-budget plan, THD packing, fused loss, vocab-parallel head), in Hugging Face names and
+    layouts (the gradients pass through the export mapping in place of the weights); with the rollouts
+    and the prompts' image tensors, for a reference computed outside megatron."""
+    from megatron_mmr1.models.hf_adapter import iter_hf_state
+    from megatron_mmr1.training import grpo, setup
+
+    cfg, info, ds, chunks, _ = _setup(overrides)
+    records = fixed_records(cfg, ds)
+    steps, _, _ = grpo.optimizer_steps(cfg, records, ds, info, 0, {})
+    assert len(steps) == 1, "one optimizer step expected"
+    for c in chunks:
+        c.zero_grad_buffer()
+    setup.forward_backward(chunks, grpo.make_forward_step(cfg, grpo.grpo_loss, setup.varlen_attention(cfg)), steps[0])
+    with torch.no_grad():
+        for c in chunks:
+            for p in c.parameters():
+                p.copy_(p.main_grad)
+    grads = {name: t.detach().clone() for name, t in iter_hf_state(chunks)}
+    prompts = ds.get_batch(sorted({r.index for r in records})).samples
+    return {"grads": grads, "records": records, "micro_batches": len(steps[0]),
+            "images": {s.index: (s.pixel_values, s.image_grid_thw) for s in prompts},
+            "temperature": cfg.rollout.temperature}
+
+
 def run_grpo(overrides: list[str], record_server_calls: bool = False) -> dict:
     """The GRPO loop as torchrun would run it; optionally with the control calls rank 0 made to the
     servers (path and memory tags, in order) under ``"server_calls"``."""

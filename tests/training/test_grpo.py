@@ -9,7 +9,7 @@ import requests
 import torch
 
 from tests.dist_utils import spawn
-from tests.training.grpo_workers import grpo_split_gradients, grpo_update, run_grpo
+from tests.training.grpo_workers import grpo_gradient_hf, grpo_split_gradients, grpo_update, run_grpo
 from tests.training.test_sft import _weights, assert_close_scaled
 
 pytestmark = pytest.mark.slow
@@ -63,6 +63,45 @@ def test_grpo_gradient_does_not_depend_on_the_micro_batch_split(task, tmp_path):
     # the two aggregations are different losses: their gradients must differ
     k = "language_model.output_layer.weight"
     assert not torch.allclose(out["token-mean/one"][k], out["seq-mean-token-mean/one"][k])
+
+
+def test_grpo_gradient_matches_transformers_and_the_written_out_loss(task, tmp_path):
+    """Reference outside megatron: transformers' Qwen2_5_VLForConditionalGeneration (eager attention, its
+    own M-RoPE and vision tower) on each prompt + response, and the on-policy GRPO loss written out.
+    With one optimizer step per rollout batch the ratio is 1, so (verl's compute_policy_loss with
+    loss_agg_mode=token-mean; DAPO's token-level mean)
+        L = -sum_i sum_t A_i * log pi(y_it | x_i, y_i<t) / sum_i |y_i|,
+    log-probs at the sampling temperature. The trainer's gradient (THD packing, several micro-batches,
+    fused chunked loss, vocab-parallel head) must be autograd's gradient of L, tensor by tensor."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    (out,) = spawn(grpo_gradient_hf, 1, grpo_overrides(task, tmp_path, "algorithm.use_kl_loss=false",
+                                                       "training.max_tokens_per_micro_batch=400"))
+    assert out["micro_batches"] >= 2
+    records, temperature = out["records"], out["temperature"]
+    assert temperature != 1.0, "the temperature must matter in this test"
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(task.hf, attn_implementation="eager").float().eval()
+    total = sum(len(r.response_ids) for r in records)
+    loss = torch.zeros(())
+    for r in records:
+        pixel_values, grid = out["images"][r.index]
+        ids = torch.tensor([r.prompt_ids + r.response_ids])
+        mm_token_type_ids = (ids == model.config.image_token_id).int()  # transformers' M-RoPE needs it
+        logits = model(input_ids=ids, pixel_values=pixel_values, image_grid_thw=grid,
+                       mm_token_type_ids=mm_token_type_ids).logits[0].float()
+        p = len(r.prompt_ids)
+        logp = (logits[p - 1:-1] / temperature).log_softmax(-1).gather(-1, ids[0, p:, None])[:, 0]
+        loss = loss - r.advantage * logp.sum() / total
+    loss.backward()
+    with torch.no_grad():  # save the gradients as the weights: the checkpoint's names and layouts
+        for param in model.parameters():
+            param.copy_(param.grad if param.grad is not None else torch.zeros_like(param))
+    model.save_pretrained(tmp_path / "ref_grad")
+    ref, got = _weights(tmp_path / "ref_grad"), out["grads"]
+    assert set(got) == set(ref)
+    assert any(float(g.abs().max()) > 0 for k, g in ref.items() if k.startswith("visual.")), "no vision gradient"
+    for k in ref:
+        assert_close_scaled(got[k], ref[k], 1e-5, k)
 
 
 def test_three_steps_with_two_ranks_sync_weights_to_the_servers(task, tmp_path):
