@@ -1,6 +1,7 @@
 """The rollout half of a GRPO step, driven from global rank 0, and its hand-over to every rank.
 
-    batch = collect(cfg, indices, dataset, client, pool)      # rank 0: generate, reward, advantages
+    samples, _ = generate_scored(client, prompts, reward_cfg, pool)  # rank 0: generate, reward
+    batch = collect(cfg, samples, indices)                    # rank 0: advantages, records
     batch = broadcast_batch(batch)                            # every rank: the same light records
     seqs = to_train_sequences(batch.records, dataset)         # images re-read locally, not broadcast
 
@@ -155,11 +156,13 @@ def cut_at(ids: list[int], forbidden: set[int]) -> int:
     return len(ids)
 
 
-def collect(cfg: RunConfig, samples: list[Sample], indices: list[int], forbidden: set[int] = frozenset()) -> RolloutBatch:
+def collect(cfg: RunConfig, samples: list[Sample], indices: list[int], forbidden: set[int] = frozenset(),
+            grouped: Optional[tuple] = None) -> RolloutBatch:
     """Rewarded, prompt-major rollouts of one step -> the records every rank trains on (rank 0).
-    Responses that generated a vision token train on their prefix before it (counted)."""
+    Responses that generated a vision token train on their prefix before it (counted). ``grouped``:
+    ``group(samples, n)`` when the caller has it already."""
     n = cfg.rollout.n
-    rewards, acc, _ = group(samples, n)
+    rewards, _, _ = grouped or group(samples, n)
     adv = advantages_for(cfg, rewards)  # (G, n)
     metrics = rollout_metrics(samples, rewards, cfg.data.max_response_length)
     keep = torch.ones(rewards.shape[0], dtype=torch.bool)
@@ -257,8 +260,9 @@ class RolloutProducer:
         seed_prompts(prompts, self.cfg.rollout.seed, step)
         t1 = time.perf_counter()
         samples, reward_tail = generate_scored(self.client, prompts, self.cfg.reward, self.pool)
-        batch = collect(self.cfg, samples, indices, self.forbidden)
-        _, acc, tokens = group(samples, self.cfg.rollout.n)
+        grouped = group(samples, self.cfg.rollout.n)
+        batch = collect(self.cfg, samples, indices, self.forbidden, grouped)
+        _, acc, tokens = grouped
         self.sampler.observe([p.index for p in prompts], acc, tokens)
         batch.metrics.update(self.sampler.metrics())
         batch.metrics["vas/scoring_rollouts_step"] = float(self.sampler.scoring_rollouts - scored_before)

@@ -3,7 +3,7 @@
 import threading
 
 from megatron_mmr1.config import RewardConfig
-from megatron_mmr1.data.sample import Sample
+from megatron_mmr1.data.sample import Sample, Status
 from megatron_mmr1.rewards import compute_rewards, reward_pool
 from megatron_mmr1.training.experience import generate_scored
 
@@ -44,3 +44,53 @@ def test_groups_are_scored_while_generation_continues():
     assert [s.reward for s in samples] == [s.reward for s in expected]
     assert [s.reward_info for s in samples] == [s.reward_info for s in expected]
     assert [s.reward for s in samples][:3] == [2.0, 0.0, 1.0]  # format + accuracy (answer 3), the paper's weights
+
+
+def _rollouts(rewards: list[list[float]], vision_id: int) -> list[Sample]:
+    """Prompt-major rewarded rollouts; response j of group g is [10, 11, ..., 10 + j]; the last response of
+    group 0 generated a vision token in third place."""
+    out = []
+    for g, row in enumerate(rewards):
+        for j, r in enumerate(row):
+            ids = list(range(10, 11 + j + 2))
+            if g == 0 and j == len(row) - 1:
+                ids[2] = vision_id
+            out.append(Sample(index=100 + g, group_index=g, prompt_ids=[1, 2], response_ids=ids,
+                              rollout_logprobs=[-0.5] * len(ids), loss_mask=[1] * len(ids), reward=r,
+                              reward_info={"accuracy": float(r >= 1.0), "format": 1.0}, status=Status.COMPLETED))
+    return out
+
+
+def test_collect_advantages_filtering_and_vision_cut():
+    """Advantages per response against the written-out GRPO formula, (r - mean) / (std + eps) per group with
+    the unbiased std (verl's compute_grpo_outcome_advantage); DAPO's dynamic filtering drops the groups whose
+    rewards all agree; a response that generated a vision token trains on its prefix before it."""
+    import torch
+
+    from megatron_mmr1.config import load_config
+    from megatron_mmr1.training.experience import collect, group, vision_token_ids
+
+    rewards = [[2.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0], [0.0, 2.0, 0.0, 0.0]]
+    for filtering in (False, True):
+        overrides = ["rollout.n=4", "training.rollout_batch_size=3", "training.global_batch_size=12",
+                     "training.micro_batch_size=4", f"algorithm.dynamic_filtering={filtering}"]
+        cfg = load_config("examples/configs/tiny_cpu_grpo.yaml", overrides, world_size=1)
+        forbidden = vision_token_ids(cfg)
+        samples = _rollouts(rewards, min(forbidden))
+        batch = collect(cfg, samples, [100, 101, 102], forbidden)
+        kept = [0, 2] if filtering else [0, 1, 2]
+        assert sorted({r.group for r in batch.records}) == kept
+        if filtering:
+            assert batch.metrics["filter/kept_groups"] == 2.0
+        for r, s in zip(batch.records, [s for s in samples if s.group_index in kept]):
+            row = torch.tensor(rewards[r.group])
+            expected = (s.reward - row.mean()) / (row.std() + cfg.algorithm.adv_eps)
+            assert abs(r.advantage - float(expected)) < 1e-6
+            assert r.index == 100 + r.group and r.accuracy == float(s.reward >= 1.0)
+        cut = [r for r in batch.records if r.group == 0][-1]
+        assert cut.response_ids == [10, 11] and len(cut.rollout_logprobs) == 2 and len(cut.loss_mask) == 2
+        assert batch.metrics["response/cut_at_vision_token"] == 1.0
+        assert batch.metrics["reward/mean"] == torch.tensor(rewards).mean().item()
+        again = collect(cfg, samples, [100, 101, 102], forbidden, group(samples, 4))
+        assert [(r.advantage, r.response_ids) for r in again.records] == [(r.advantage, r.response_ids)
+                                                                          for r in batch.records]
