@@ -334,9 +334,14 @@ def summarize(records: list[dict]) -> list[dict]:
             "total_rollouts": statistics.fmean(total),
             "wall_s": statistics.fmean(float(r["wall_s"]) for r in recs),
             "format_final": _mean_last(recs, _format_key),
-            "kl_final": _mean_last(recs, lambda r: "policy/kl_ref" if r["settings"].get("kl_loss", True) else None),
+            "kl_final": _mean_last(recs, lambda r: "policy/kl_ref" if _has_kl_term(r) else None),
         })
     return rows
+
+
+def _has_kl_term(rec: dict) -> bool:
+    """Whether the run trained with a KL term (only then does the trainer log KL to the SFT policy)."""
+    return rec["settings"].get("kl_loss", True)
 
 
 def _format_key(rec: dict) -> Optional[str]:
@@ -391,7 +396,7 @@ NO_KL_PANEL = ("reward/accuracy", "training accuracy (batch)", 5)
 
 def panels(records: list[dict]) -> tuple:
     """``PANELS``, with the KL panel replaced by training accuracy when any run had no KL term."""
-    if all(r["settings"].get("kl_loss", True) for r in records):
+    if all(_has_kl_term(r) for r in records):
         return PANELS
     return PANELS[:-1] + (NO_KL_PANEL,)
 

@@ -47,7 +47,7 @@ def test_groups_are_scored_while_generation_continues():
 
 
 def _rollouts(rewards: list[list[float]], vision_id: int) -> list[Sample]:
-    """Prompt-major rewarded rollouts; response j of group g is [10, 11, ..., 10 + j]; the last response of
+    """Prompt-major rewarded rollouts; response j of group g is [10, 11, ..., 12 + j]; the last response of
     group 0 generated a vision token in third place."""
     out = []
     for g, row in enumerate(rewards):
