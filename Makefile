@@ -1,43 +1,73 @@
-# make demo   - set up .venv (idempotent) and run the tiny CPU demo end to end
-# make test   - set up .venv (idempotent), lint (ruff, rules in pyproject.toml), run the test suite
-# make bench  - CPU micro-benchmarks (kernels, rewards, data, GRPO step), ratios side by side
-# make gpu-env - on a GPU node: install the CUDA extras (transformer-engine, sglang, DALI) instead
+# make demo        - set up .venv from the lock (idempotent) and run the tiny CPU demo end to end
+# make test         - set up .venv from the lock (idempotent), lint (ruff, rules in pyproject.toml), run the suite
+# make test-fast    - the suite without the tests marked slow
+# make lock         - on purpose only: resolve the newest allowed versions again, rewrite constraints/cpu.lock, run the suite
+# make test-latest  - drift check (not in CI): a throwaway venv with the newest allowed versions runs `make test-fast`
+# make bench        - CPU micro-benchmarks (kernels, rewards, data, GRPO step), ratios side by side
+# make gpu-env      - on a GPU node: the CUDA stack from constraints/gpu.lock (prints what it installs)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-cpu
-# SGLang's own HTTP app for the rollout contract test (tests/rollout/test_sglang_contract.py): the
-# pinned wheel and the small pure-Python modules its app imports, with --no-deps into a folder of
-# their own (~185 MB) that only the contract test's subprocess puts on its path.
+# Every package of the CPU venv, exact (pip freeze of a resolved venv); see the file's header.
+LOCK := constraints/cpu.lock
+# SGLang's own HTTP app for the rollout contract test (tests/rollout/test_sglang_contract.py), with
+# --no-deps into a folder of its own that only the contract test's subprocess puts on its path.
+SGLANG_LOCK := constraints/sglang-cpu.lock
 SGLANG_DIR := $(VENV)/sglang-cpu
 SGLANG_STAMP := $(SGLANG_DIR)/.installed
-SGLANG_CPU_PKGS := sglang==0.5.23 pybase64==1.5.1 msgspec==0.23.0 pyzmq==27.3.0 \
-	uvloop==0.23.0 dill==0.4.1 apache-tvm-ffi==0.1.11 sentencepiece==0.2.1 compressed-tensors==0.18.0 \
-	loguru==0.7.3 gguf==0.19.0 openai==2.8.0 httpx==0.28.1 httpcore==1.0.9 h11==0.16.0 jiter==0.19.0 \
-	distro==1.9.0 sniffio==1.3.1 partial-json-parser==0.2.1.1.post7 jsonschema==4.26.0 \
-	jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1 xgrammar==0.2.7 \
-	soundfile==0.13.1 cffi==2.1.1 pycparser==3.12 python-multipart==0.0.34
+GPU_LOCK := constraints/gpu.lock
 export MMR1_SGLANG_CPU_DIR ?= $(abspath $(SGLANG_DIR))
-PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check -q -c constraints/cpu.txt
+PIP := $(PY) -m pip --disable-pip-version-check
+LATEST_VENV := .venv-latest
 DEMO_DIR ?= outputs/demo
 export PYTHONWARNINGS ?= ignore
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: env demo test test-fast lint bench gpu-env clean
+.PHONY: env demo test test-fast test-latest lock lint bench gpu-env clean
 
 env: $(STAMP) $(SGLANG_STAMP)
 
-$(STAMP): setup.py pyproject.toml constraints/cpu.txt
+# The venv is made to equal the lock: install it, remove anything not in it, then the project with --no-deps
+# (--no-build-isolation: the editable build uses the locked setuptools, nothing is fetched for it).
+$(STAMP): setup.py pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP_INSTALL) --upgrade pip setuptools wheel
-	$(PIP_INSTALL) torch==2.13.0
-	$(PIP_INSTALL) -e ".[dev]"
+	$(PIP) install -q $$(grep -E '^(pip|setuptools|wheel)==' $(LOCK))
+	$(PIP) install -q -r $(LOCK)
+	@extra=$$($(PIP) freeze --all --exclude-editable | cut -d= -f1 | sort | comm -23 - <(grep -v '^#' $(LOCK) | cut -d= -f1 | sort)); \
+	if [ -n "$$extra" ]; then echo "env: removing packages not in $(LOCK):" $$extra; $(PIP) uninstall -q -y $$extra; fi
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PIP) check
 	@touch $(STAMP)
 
-$(SGLANG_STAMP): Makefile | $(STAMP)
-	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-compile --upgrade --target $(SGLANG_DIR) $(SGLANG_CPU_PKGS)
+$(SGLANG_STAMP): $(SGLANG_LOCK) | $(STAMP)
+	$(PIP) install -q --no-deps --no-compile --upgrade --target $(SGLANG_DIR) -r $(SGLANG_LOCK)
 	@touch $(SGLANG_STAMP)
+
+# A throwaway venv with the newest versions that setup.py and constraints/cpu.txt (torch, triton) allow.
+define build_latest_venv
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip setuptools wheel
+	$(LATEST_VENV)/bin/python -m pip install -q -c constraints/cpu.txt torch
+	$(LATEST_VENV)/bin/python -m pip install -q -c constraints/cpu.txt -e ".[dev]"
+endef
+
+lock:
+	$(build_latest_venv)
+	{ grep '^#' $(LOCK); $(LATEST_VENV)/bin/python -m pip freeze --all --exclude-editable; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf $(LATEST_VENV)
+	git diff --stat -- $(LOCK) || true
+	$(MAKE) test
+
+test-latest:
+	$(build_latest_venv)
+	touch $(LATEST_VENV)/.installed-cpu
+	@echo "test-latest: versions newer than $(LOCK):"
+	@comm -13 <(grep -v '^#' $(LOCK) | sort) <($(LATEST_VENV)/bin/python -m pip freeze --all --exclude-editable | sort) | sed 's/^/  /'
+	$(MAKE) test-fast VENV=$(LATEST_VENV) MMR1_SGLANG_CPU_DIR=$(abspath $(LATEST_VENV))/sglang-cpu
 
 demo: $(STAMP)
 	bash examples/demo_cpu.sh $(DEMO_DIR)
@@ -57,9 +87,16 @@ bench: $(STAMP)
 	$(PY) tools/bench_data.py --dali-cpu
 	$(PY) tools/bench_step.py --quick
 
+# GPU nodes only (CUDA torch 2.14.1, Transformer Engine 2.11 for megatron-core 0.16.1, SGLang 0.5.23, DALI).
+# transformer-engine-torch ships as source only: it is built against the installed torch, without build isolation.
 gpu-env:
+	@echo "gpu-env: installs into $(VENV) exactly these packages from $(GPU_LOCK):"
+	@grep -v '^#' $(GPU_LOCK) | sed 's/^/  /'
+	@echo "  then $$(grep -E '^# build: ' $(GPU_LOCK) | sed 's/^# build: //') (--no-build-isolation), then this project (--no-deps)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -e ".[gpu,dev]"
+	$(PIP) install -q -r $(GPU_LOCK)
+	$(PIP) install -q --no-deps --no-build-isolation $$(grep -E '^# build: ' $(GPU_LOCK) | sed 's/^# build: //')
+	$(PIP) install -q --no-deps --no-build-isolation -e .
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(LATEST_VENV) outputs .pytest_cache

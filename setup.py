@@ -23,13 +23,13 @@ BASE = [
 ]
 
 EXTRAS = {
-    # GPU clusters only: these pull CUDA builds (sglang hard-pins torch==2.14.1).
     "gpu": [
-        "transformer-engine[pytorch]",
-        "sglang[all]==0.5.23",  # the version rollout/protocol.py and the contract test are checked against
+        # GPU clusters only (CUDA builds; sglang hard-pins torch==2.14.1). Exact versions: constraints/gpu.lock,
+        # installed by `make gpu-env`. transformer-engine-torch builds from source: --no-build-isolation.
+        "transformer-engine[pytorch]>=2.9,<2.12",  # megatron-core 0.16.1's own pin (its dev extra)
+        "sglang==0.5.23",  # the version rollout/protocol.py and the contract test are checked against; not [all]
         "sglang-router==0.3.2",
         "nvidia-dali-cuda120==2.4.0",
-        "flash-attn",
     ],
     "dev": [
         "pytest",
@@ -48,10 +48,11 @@ setup(
     version="0.1.0",
     description="Megatron-core trainer for multimodal reasoning: long-CoT SFT + GRPO with Variance-Aware Sampling (MMR1)",
     python_requires=">=3.10",
+    # kernels/ has no __init__.py on purpose: from the repo root a folder named `kernels` must never shadow
+    # Hugging Face's `kernels` package (transformers imports it). The import name is mmr1_kernels.
     packages=find_packages(include=["megatron_mmr1", "megatron_mmr1.*"])
-    + ["mmr1_kernels"]
-    + ["mmr1_kernels." + p for p in find_packages("kernels")],
-    package_dir={"mmr1_kernels": "kernels"},
+    + find_packages("kernels", include=["mmr1_kernels", "mmr1_kernels.*"]),
+    package_dir={"mmr1_kernels": "kernels/mmr1_kernels"},
     install_requires=BASE,
     extras_require=EXTRAS,
     entry_points={

@@ -19,7 +19,7 @@ Implementation: all sequences are packed into one flat token tensor. n-gram ids 
 ranks, or rank compression of (id_{k-1}, token) pairs when those would overflow int64): no hash
 collisions for any vocabulary. Counting is one sort per order plus segment reductions in torch (CPU or
 GPU; numpy's sort on CPU). Edit distance is Hyyro's bit-parallel Levenshtein: a Triton kernel on CUDA
-(kernels/levenshtein.py), rapidfuzz's C++ implementation on CPU (all pairs in one multi-threaded ``cpdist``
+(kernels/mmr1_kernels/levenshtein.py), rapidfuzz's C++ implementation on CPU (all pairs in one multi-threaded ``cpdist``
 call), else torch vectorised over all pairs and 64-bit words (carry look-ahead as a Kogge-Stone scan).
 """
 
@@ -323,7 +323,7 @@ def edit_distance(groups: GroupsLike, backend: str = "auto", workers: int | None
 
 
 def _pairs_levenshtein_triton(p: PackedGroups, pi: torch.Tensor, pj: torch.Tensor) -> torch.Tensor:
-    """Triton kernel (kernels/levenshtein.py) with the shorter sequence of each pair as the pattern;
+    """Triton kernel (kernels/mmr1_kernels/levenshtein.py) with the shorter sequence of each pair as the pattern;
     pairs whose shorter side exceeds the kernel's register budget go to the torch path."""
     from .levenshtein import MAX_WORDS, pairs_levenshtein_triton
 

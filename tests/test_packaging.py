@@ -1,0 +1,100 @@
+"""Packaging: the repo's `kernels/` folder never shadows Hugging Face's `kernels` package, and the venv that
+`make env` builds is exactly the lock.
+
+transformers 5.25 imports Hugging Face's `kernels` from `transformers.activations`; when a folder named
+`kernels` with an `__init__.py` sat at the repo root, every `python -m ...` and pytest run from the root
+imported ours instead and died with "cannot import name 'CUDAProperties' from 'kernels'".
+"""
+
+import importlib.metadata
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LOCK = REPO / "constraints" / "cpu.lock"
+
+
+def _probe_from_repo_root(code: str) -> dict:
+    # `python -c` puts the current directory first on sys.path, as `python -m` and pytest's rootdir do.
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _in_repo_kernels_folder(path) -> bool:
+    return path is not None and Path(path).resolve().is_relative_to(REPO / "kernels")
+
+
+def test_repo_kernels_folder_is_not_a_package():
+    assert not (REPO / "kernels" / "__init__.py").exists(), "kernels/ must stay a plain folder (no __init__.py)"
+    assert (REPO / "kernels" / "mmr1_kernels" / "__init__.py").exists()
+
+
+def test_find_spec_kernels_from_repo_root_is_not_ours():
+    info = _probe_from_repo_root(
+        "import importlib.util, json\n"
+        "s = importlib.util.find_spec('kernels')\n"
+        "print(json.dumps(None if s is None else {'origin': s.origin,"
+        " 'locations': list(s.submodule_search_locations or [])}))"
+    )
+    try:
+        dist = importlib.metadata.distribution("kernels")
+    except importlib.metadata.PackageNotFoundError:
+        dist = None
+    if dist is not None:
+        # Hugging Face's package is installed: it must be what `kernels` resolves to, from the repo root too.
+        assert info is not None and info["origin"] is not None, info
+        assert not _in_repo_kernels_folder(info["origin"]), f"`kernels` resolves to the repo's folder: {info}"
+        assert Path(info["origin"]).resolve().is_relative_to(Path(dist.locate_file("")).resolve()), info
+    else:
+        # Not installed: at most an empty namespace package, never a regular package of ours.
+        assert info is None or info["origin"] is None, info
+
+
+def test_transformers_activations_import_from_repo_root():
+    # The import that failed on a fresh clone with transformers 5.25.
+    info = _probe_from_repo_root(
+        "import json, transformers.activations, transformers\n"
+        "print(json.dumps({'transformers': transformers.__version__}))"
+    )
+    assert info["transformers"]
+
+
+def test_mmr1_kernels_imports_from_repo_root():
+    info = _probe_from_repo_root(
+        "import json, mmr1_kernels\n"
+        "print(json.dumps({'file': mmr1_kernels.__file__, 'has_loss': hasattr(mmr1_kernels, 'fused_grpo_loss')}))"
+    )
+    assert info["has_loss"]
+    assert Path(info["file"]).resolve() == REPO / "kernels" / "mmr1_kernels" / "__init__.py"
+
+
+def _lock_lines():
+    return sorted(line.strip() for line in LOCK.read_text().splitlines() if line.strip() and not line.startswith("#"))
+
+
+def test_lock_pins_every_line_exactly():
+    lines = _lock_lines()
+    assert lines, "empty lock"
+    bad = [line for line in lines if "==" not in line or any(c in line for c in "<>~!@ ")]
+    assert not bad, f"lock lines that are not exact pins: {bad}"
+    names = [line.split("==")[0].lower() for line in lines]
+    assert len(names) == len(set(names)), "a package is pinned twice"
+    for required in ("torch", "triton", "megatron-core", "transformers", "pip", "setuptools"):
+        assert required in names, required
+
+
+@pytest.mark.skipif(Path(sys.prefix).resolve() != (REPO / ".venv").resolve(),
+                    reason="compares the lock with the repo's .venv (built by `make env`); this is another interpreter")
+def test_make_env_venv_equals_the_lock():
+    proc = subprocess.run([sys.executable, "-m", "pip", "freeze", "--all", "--exclude-editable"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    frozen = sorted(line.strip() for line in proc.stdout.splitlines() if line.strip())
+    lock = _lock_lines()
+    missing, extra = sorted(set(lock) - set(frozen)), sorted(set(frozen) - set(lock))
+    assert not missing and not extra, f"venv differs from {LOCK.name}: missing {missing}, not in lock {extra}"
