@@ -98,3 +98,34 @@ def test_make_env_venv_equals_the_lock():
     lock = _lock_lines()
     missing, extra = sorted(set(lock) - set(frozen)), sorted(set(frozen) - set(lock))
     assert not missing and not extra, f"venv differs from {LOCK.name}: missing {missing}, not in lock {extra}"
+
+
+def _pins(path: Path) -> dict:
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return {line.split("==")[0].lower().replace("_", "-"): line.split("==")[1] for line in lines}
+
+
+def test_gpu_lock_satisfies_the_gpu_extra_and_megatron_core_pins():
+    """constraints/gpu.lock is exact and meets setup.py's `gpu` extra, SGLang 0.5.23's torch pin and megatron-core
+    0.16.1's Transformer Engine range (>=2.9,<2.12, from megatron-core's own metadata)."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    gpu_lock = REPO / "constraints" / "gpu.lock"
+    text = gpu_lock.read_text()
+    pins = _pins(gpu_lock)
+    assert all(v and not any(c in v for c in "<>=~! ") for v in pins.values())
+    setup_src = (REPO / "setup.py").read_text()
+    extra = setup_src[setup_src.index('"gpu": ['):setup_src.index('"dev": [')]
+    reqs = [Requirement(line.split('"')[1]) for line in extra.splitlines()[1:] if line.strip().startswith('"')]
+    assert {r.name for r in reqs} >= {"sglang", "sglang-router", "nvidia-dali-cuda120", "transformer-engine"}
+    for r in reqs:
+        assert not (r.name == "sglang" and r.extras), "sglang[all] pulls the diffusion stack"
+        assert Version(pins[r.name]) in r.specifier, (r, pins[r.name])
+    assert pins["torch"] == "2.14.1" and pins["megatron-core"] == "0.16.1"
+    assert Version(pins["transformer-engine"]) in Requirement("te>=2.9,<2.12").specifier
+    assert "flash-attn" not in pins, "flash-attn is unused: it must not be installed"
+    build = [line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("# build: ")]
+    assert build == [f"transformer-engine-torch=={pins['transformer-engine']}"]
+    makefile = (REPO / "Makefile").read_text()
+    assert "-r $(GPU_LOCK)" in makefile and "--no-build-isolation" in makefile
