@@ -1,0 +1,31 @@
+"""The language model's TransformerConfig (a pure function of the config): CUDA fusions under the TE
+spec only; the local spec (CPU) keeps megatron's torch paths."""
+
+import pytest
+
+from megatron_mmr1.config import ModelConfig, ParallelConfig
+from megatron_mmr1.models import language
+
+
+@pytest.mark.parametrize("apex_wgrad", [True, False])
+def test_te_spec_turns_on_the_fusions(monkeypatch, apex_wgrad):
+    monkeypatch.setattr(language, "fused_wgrad_available", lambda: apex_wgrad)
+    config = language.build_transformer_config(ModelConfig(attention_backend="te"), ParallelConfig())
+    assert config.bias_activation_fusion
+    # megatron's own output ColumnParallelLinear raises without apex's fused wgrad kernel
+    assert config.gradient_accumulation_fusion is apex_wgrad
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "local"])
+def test_local_spec_keeps_the_fusions_off(monkeypatch, backend):
+    monkeypatch.setattr(language, "fused_wgrad_available", lambda: True)
+    config = language.build_transformer_config(ModelConfig(attention_backend=backend), ParallelConfig())
+    assert not config.bias_activation_fusion and not config.gradient_accumulation_fusion
+
+
+def test_sequence_parallel_only_with_te_and_tp():
+    te, sdpa = ModelConfig(attention_backend="te"), ModelConfig(attention_backend="sdpa")
+    assert language.uses_sequence_parallel(te, ParallelConfig(tp=2))
+    assert not language.uses_sequence_parallel(te, ParallelConfig(tp=1))
+    assert not language.uses_sequence_parallel(te, ParallelConfig(tp=2, sequence_parallel=False))
+    assert not language.uses_sequence_parallel(sdpa, ParallelConfig(tp=2))
