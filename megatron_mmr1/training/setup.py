@@ -290,6 +290,14 @@ def token_budget(cfg: RunConfig) -> Optional[int]:
     return cfg.data.seq_length if cfg.data.packing else None
 
 
+def seq_pad_multiple(cfg: RunConfig) -> int:
+    """Row lengths must be a multiple of this: tp under sequence parallelism (megatron reduce-scatters the
+    [s, b, h] embeddings over TP ranks along s), else 1."""
+    from megatron_mmr1.models.language import uses_sequence_parallel
+
+    return cfg.parallel.tp if uses_sequence_parallel(cfg.model, cfg.parallel) else 1
+
+
 def sum_metric(value: torch.Tensor, count: torch.Tensor | float) -> torch.Tensor:
     """A (sum, count) pair as loss functions report metrics: reduced to global means by reduce_loss_dicts."""
     count = torch.as_tensor(count, dtype=torch.float64)
