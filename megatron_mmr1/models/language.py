@@ -75,6 +75,7 @@ def build_transformer_config(model_cfg: ModelConfig, parallel_cfg: ParallelConfi
         apply_rope_fusion=False,
         gradient_accumulation_fusion=te and fused_wgrad_available(),
         recompute_granularity=model_cfg.recompute,
+        recompute_modules=None if model_cfg.recompute_modules is None else list(model_cfg.recompute_modules),
         recompute_method="uniform" if model_cfg.recompute == "full" else None,
         recompute_num_layers=1 if model_cfg.recompute == "full" else None,
     )

@@ -29,3 +29,27 @@ def test_sequence_parallel_only_with_te_and_tp():
     assert not language.uses_sequence_parallel(te, ParallelConfig(tp=1))
     assert not language.uses_sequence_parallel(te, ParallelConfig(tp=2, sequence_parallel=False))
     assert not language.uses_sequence_parallel(sdpa, ParallelConfig(tp=2))
+
+
+def test_recompute_modules_reach_megatron():
+    from megatron_mmr1.config import load_config
+
+    cfg = load_config(None, ["model.recompute=selective", "model.recompute_modules=[]"])
+    config = language.build_transformer_config(cfg.model, cfg.parallel)
+    assert config.recompute_granularity == "selective" and config.recompute_modules == []
+    cfg = load_config(None, ["model.recompute=selective", "model.recompute_modules=[mlp]"])
+    assert language.build_transformer_config(cfg.model, cfg.parallel).recompute_modules == ["mlp"]
+    cfg = load_config(None, ["model.recompute=selective"])  # unset: megatron's own default
+    assert language.build_transformer_config(cfg.model, cfg.parallel).recompute_modules == ["core_attn"]
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["model.recompute_modules=[mlp]"], "model.recompute_modules needs model.recompute=selective"),
+    (["model.recompute=full", "model.recompute_modules=[mlp]"], "needs model.recompute=selective"),
+    (["model.recompute=selective", "model.recompute_modules=[moe]"], "model.recompute_modules: ['moe']"),
+])
+def test_recompute_modules_refusals_name_the_key(overrides, needle):
+    from megatron_mmr1.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        load_config(None, overrides)
