@@ -52,7 +52,12 @@ class ModelConfig:
     freeze_vision: bool = False
     """Keep the vision tower (ViT + merger) frozen; the reference config trains it."""
     recompute: Optional[Literal["full", "selective"]] = None
-    """Activation recomputation granularity; None keeps all activations."""
+    """Activation recomputation granularity; None keeps all activations. Any recompute also checkpoints
+    the ViT blocks."""
+    recompute_modules: Optional[list[str]] = None
+    """Language-model submodules that ``recompute: selective`` recomputes (megatron's recompute_modules:
+    core_attn, mlp, layernorm); None: megatron's default [core_attn], which TE's fused attention does not
+    need; []: none (only the ViT blocks are checkpointed)."""
     params_dtype: Literal["auto", "fp32", "bf16"] = "auto"
     """bf16 on GPU, fp32 on CPU when auto."""
     attention_backend: Literal["auto", "sdpa", "local", "te"] = "auto"
@@ -568,6 +573,12 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
     p, t = cfg.parallel, cfg.training
     _check(p.tp >= 1, f"parallel.tp={p.tp} must be >= 1")
     _check(p.pp >= 1, f"parallel.pp={p.pp} must be >= 1")
+
+    m = cfg.model
+    if m.recompute_modules is not None:
+        _check(m.recompute == "selective", "model.recompute_modules needs model.recompute=selective")
+        bad = sorted(set(m.recompute_modules) - {"core_attn", "mlp", "layernorm"})
+        _check(not bad, f"model.recompute_modules: {bad} not among core_attn, mlp, layernorm")
 
     dims = resolve_model_dims(cfg.model)
     heads, groups = dims["num_attention_heads"], dims["num_query_groups"]

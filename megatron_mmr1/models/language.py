@@ -41,6 +41,7 @@ def build_transformer_config(model_cfg: ModelConfig, parallel_cfg: ParallelConfi
     dims = dims or resolve_model_dims(model_cfg)
     dtype = resolve_dtype(model_cfg)
     on_gpu = torch.cuda.is_available()
+    te = uses_te(model_cfg)
     kwargs: dict[str, Any] = dict(
         num_layers=dims["num_layers"],
         hidden_size=dims["hidden_size"],
@@ -60,19 +61,21 @@ def build_transformer_config(model_cfg: ModelConfig, parallel_cfg: ParallelConfi
         tensor_model_parallel_size=parallel_cfg.tp,
         pipeline_model_parallel_size=parallel_cfg.pp,
         # megatron's torch-norm fallback (local spec, no TE/apex) cannot do sequence parallelism.
-        sequence_parallel=parallel_cfg.sequence_parallel and parallel_cfg.tp > 1 and uses_te(model_cfg),
+        sequence_parallel=uses_sequence_parallel(model_cfg, parallel_cfg),
         params_dtype=dtype,
         pipeline_dtype=dtype,
         bf16=dtype == torch.bfloat16,
         use_cpu_initialization=not on_gpu,
-        # Fusions need CUDA kernels (apex/TE); the torch paths compute the same thing.
-        bias_activation_fusion=False,
+        # Fusions need CUDA kernels (apex/TE); the torch paths compute the same thing. Under the TE spec:
+        # the fused SwiGLU, and weight gradients accumulated straight into DDP's fp32 main_grad.
+        bias_activation_fusion=te,
         bias_dropout_fusion=False,
         masked_softmax_fusion=False,
         persist_layer_norm=False,
         apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
+        gradient_accumulation_fusion=te and fused_wgrad_available(),
         recompute_granularity=model_cfg.recompute,
+        recompute_modules=None if model_cfg.recompute_modules is None else list(model_cfg.recompute_modules),
         recompute_method="uniform" if model_cfg.recompute == "full" else None,
         recompute_num_layers=1 if model_cfg.recompute == "full" else None,
     )
@@ -82,6 +85,22 @@ def build_transformer_config(model_cfg: ModelConfig, parallel_cfg: ParallelConfi
 
 def uses_te(model_cfg: ModelConfig) -> bool:
     return model_cfg.attention_backend == "te" or (model_cfg.attention_backend == "auto" and te_available())
+
+
+def uses_sequence_parallel(model_cfg: ModelConfig, parallel_cfg: ParallelConfig) -> bool:
+    """Whether megatron runs sequence parallel: asked for, tp > 1, and the TE spec (megatron's torch-norm
+    fallback of the local spec cannot do it). Rows must then be padded to a multiple of tp."""
+    return parallel_cfg.sequence_parallel and parallel_cfg.tp > 1 and uses_te(model_cfg)
+
+
+def fused_wgrad_available() -> bool:
+    """apex's ``fused_weight_gradient_mlp_cuda``: megatron's own ColumnParallelLinear (the output layer,
+    under the TE spec too) refuses ``gradient_accumulation_fusion`` without it."""
+    try:
+        import fused_weight_gradient_mlp_cuda  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def has_varlen_attention(model_cfg: ModelConfig) -> bool:

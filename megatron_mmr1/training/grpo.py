@@ -35,8 +35,8 @@ from megatron_mmr1.training.faults import SkipCounter, StopSignal
 from megatron_mmr1.training.monitor import PhaseTimer, RunMonitor
 from megatron_mmr1.training.policy import ReferencePolicy, RolloutWeightSync, expected_version, fill_logprobs
 from megatron_mmr1.training.setup import (build_optimizer, build_policy, build_scheduler, count_params, current_lr,
-                                          make_forward_step, sum_metric, token_budget, token_logprobs, train_step,
-                                          varlen_attention)
+                                          make_forward_step, seq_pad_multiple, sum_metric, token_budget, token_logprobs,
+                                          train_step, varlen_attention)
 from megatron_mmr1.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -117,6 +117,7 @@ def optimizer_steps(cfg: RunConfig, records: list, dataset: Any, info: DistInfo,
     rank's micro-batches. Returns (steps, tokens computed / real tokens, plain-padding ratio)."""
     gbs = cfg.training.global_batch_size
     budget = token_budget(cfg)
+    multiple = seq_pad_multiple(cfg)
     steps, computed, padded, real = [], 0.0, 0.0, 0.0
     for start in range(0, len(records), gbs):
         ids = list(range(start, min(len(records), start + gbs)))
@@ -128,8 +129,7 @@ def optimizer_steps(cfg: RunConfig, records: list, dataset: Any, info: DistInfo,
         padded += len(lengths) * max(lengths)
         mine = [[ids[j] for j in mb] for mb in plan[info.dp_rank]]
         seqs = xp.to_train_sequences(records, dataset, [i for mb in mine for i in mb], cache)
-        micro = [mbs.pack([seqs[i] for i in mb], mb, pad_id=pad_id) if budget is not None else
-                 mbs.pad_rows([seqs[i] for i in mb], mb, pad_id=pad_id) for mb in mine]
+        micro = [mbs.build_micro_batch([seqs[i] for i in mb], mb, budget is not None, pad_id, multiple) for mb in mine]
         steps.append([m.to(info.device) for m in micro])
     return steps, computed / max(real, 1.0), padded / max(real, 1.0)
 

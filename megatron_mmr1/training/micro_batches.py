@@ -5,7 +5,7 @@ Planning works on token counts only, so every rank computes the same plan from t
 then materialises just its own sequences:
 
     plan = plan_micro_batches(lengths, dp=2, max_tokens=4096)      # plan[dp_rank] = [[seq ids], ...]
-    mbs = [pack(seqs[i] for i in ids) for ids in plan[dp_rank]]     # packed rows, no padding
+    mbs = [pack(seqs[i] for i in ids) for ids in plan[dp_rank]]     # packed rows (padded to tp under SP)
     position_ids, mask, packed = model_inputs(mb, chunk)            # THD on TE, block mask on CPU
 
 Invariants (megatron's PP schedule and exact token-mean need them): every DP rank gets the same
@@ -134,11 +134,14 @@ def pack(seqs: Sequence[TrainSequence], seq_ids: Sequence[int], pad_id: int = 0,
                       pv, grid, list(seq_ids), lens)
 
 
-def pad_rows(seqs: Sequence[TrainSequence], seq_ids: Sequence[int], pad_id: int = 0, min_tokens: int = 1) -> MicroBatch:
-    """One right-padded row per sequence (the no-packing path): (b, max_len)."""
+def pad_rows(seqs: Sequence[TrainSequence], seq_ids: Sequence[int], pad_id: int = 0, min_tokens: int = 1,
+             pad_to_multiple_of: int = 1) -> MicroBatch:
+    """One right-padded row per sequence (the no-packing path): (b, max_len), the width rounded up to a
+    multiple (sequence parallel)."""
     keys = sorted({k for s in seqs for k in s.token_data})
     lens = [len(s) for s in seqs]
     width = max(lens + [min_tokens])
+    width += (-width) % pad_to_multiple_of
     rows = max(len(seqs), 1)
     ids = torch.full((rows, width), pad_id, dtype=torch.long)
     tgt = torch.full((rows, width), IGNORE_INDEX, dtype=torch.long)
@@ -152,6 +155,15 @@ def pad_rows(seqs: Sequence[TrainSequence], seq_ids: Sequence[int], pad_id: int 
                 data[k][i, :n] = s.token_data[k].float()
     pv, grid = _cat_images(seqs)
     return MicroBatch(ids, tgt, w, None, width, data, pv, grid, list(seq_ids), lens)
+
+
+def build_micro_batch(seqs: Sequence[TrainSequence], seq_ids: Sequence[int], packed: bool, pad_id: int = 0,
+                      pad_to_multiple_of: int = 1) -> MicroBatch:
+    """One planned micro-batch: a packed row (token-budget plans) or padded rows, each row's length a
+    multiple of ``pad_to_multiple_of`` (megatron's sequence parallel splits the sequence over TP ranks)."""
+    if packed:
+        return pack(seqs, seq_ids, pad_id=pad_id, pad_to_multiple_of=pad_to_multiple_of)
+    return pad_rows(seqs, seq_ids, pad_id=pad_id, pad_to_multiple_of=pad_to_multiple_of)
 
 
 # ---- planning ---------------------------------------------------------------------------------------

@@ -40,9 +40,11 @@ def unwrap(chunk: Any) -> Any:
     return chunk
 
 
-def wrap_ddp(cfg: RunConfig, chunks: list, per_token_loss: bool = True) -> list:
+def wrap_ddp(cfg: RunConfig, chunks: list, per_token_loss: bool = True,
+             overlap_grad_reduce: Optional[bool] = None) -> list:
     """megatron DDP around each chunk; the model config gets the per-token-loss path and megatron's
-    ``finalize_model_grads`` (DP reduce, tied-embedding reduce over PP, 1/num_tokens scaling)."""
+    ``finalize_model_grads`` (DP reduce, tied-embedding reduce over PP, 1/num_tokens scaling).
+    ``overlap_grad_reduce``: reduce buckets during the last backward (default: on GPU)."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 
     for c in chunks:  # read by DDP's constructor and by the schedule
@@ -50,13 +52,32 @@ def wrap_ddp(cfg: RunConfig, chunks: list, per_token_loss: bool = True) -> list:
         config.calculate_per_token_loss = per_token_loss
         config.finalize_model_grads_func = finalize_model_grads
         config.variable_seq_lengths = True  # packed micro-batches vary in length; PP exchanges shapes
+    overlap = on_gpu() if overlap_grad_reduce is None else overlap_grad_reduce
     ddp_cfg = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
-        overlap_grad_reduce=on_gpu(),
+        overlap_grad_reduce=overlap,
         use_distributed_optimizer=cfg.parallel.use_distributed_optimizer and on_gpu(),
         average_in_collective=False,  # per-token loss: sum over DP, divide by the global token count
     )
-    return [DistributedDataParallel(config=unwrap(c).config, ddp_config=ddp_cfg, module=c) for c in chunks]
+    wrapped = [DistributedDataParallel(config=unwrap(c).config, ddp_config=ddp_cfg, module=c) for c in chunks]
+    if overlap:
+        set_grad_sync_funcs(wrapped)
+    return wrapped
+
+
+def set_grad_sync_funcs(chunks: list) -> None:
+    """What megatron's training loop sets for ``overlap_grad_reduce``: ``no_sync_func`` keeps the grad
+    hooks of all but the last micro-batch from counting towards a bucket's reduce (otherwise the
+    buckets take step 1's micro-batch count as the trigger: fewer micro-batches later never reduce,
+    more reduce mid-step), and ``grad_sync_func`` lets PP stages other than the first launch their
+    reduce after the last backward (align_grad_reduce). One chunk: plain callables, as the
+    non-interleaved schedules call them; several: one per chunk."""
+    no_sync = [c.no_sync for c in chunks]
+    grad_sync = [c.start_grad_sync for c in chunks]
+    for c in chunks:
+        config = unwrap(c).config
+        config.no_sync_func = no_sync[0] if len(chunks) == 1 else no_sync
+        config.grad_sync_func = grad_sync[0] if len(chunks) == 1 else grad_sync
 
 
 def build_policy(cfg: RunConfig, load_hf: bool = True, per_token_loss: bool = True) -> list:
@@ -119,6 +140,22 @@ def clip_grad_norm_cpu(chunks: list, max_norm: float) -> float:
         for p in params:
             p.main_grad.mul_(max_norm / (norm + 1e-6))
     return norm
+
+
+def clip_grad_norm_gpu(optimizer, max_norm: float) -> float:
+    """megatron's clip with one norm computation (the GPU collective over all grads): the global norm of
+    all (chained) optimizers, then every optimizer's grads clipped by it, as ``ChainedOptimizer.step``
+    does. Not ``optimizer.step()``: a bf16 step would apply non-finite grads instead of skipping."""
+    from megatron.core.optimizer import clip_grads
+
+    grad_norm = float(optimizer.get_grad_norm())
+    if max_norm > 0 and math.isfinite(grad_norm):
+        for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+            params = opt.get_parameters()
+            if params:
+                clip_grads.clip_grad_by_total_norm_fp32(
+                    params, max_norm, grad_norm, opt.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)
+    return grad_norm
 
 
 @dataclass
@@ -196,12 +233,10 @@ def train_step(cfg: RunConfig, chunks: list, optimizer, scheduler, forward_step:
     reduced = reduce_loss_dicts(outputs, device)
     loss = reduced.get(loss_key, float("nan"))
     if on_gpu():
-        optimizer.prepare_grads()
-        grad_norm = float(optimizer.get_grad_norm())
-        ok = math.isfinite(loss) and math.isfinite(grad_norm)
+        found_inf = optimizer.prepare_grads()  # fp16 loss scaling only; bf16 says False
+        grad_norm = clip_grad_norm_gpu(optimizer, cfg.optim.clip_grad)
+        ok = math.isfinite(loss) and math.isfinite(grad_norm) and not found_inf
         if ok:
-            if cfg.optim.clip_grad > 0:
-                optimizer.clip_grad_norm(cfg.optim.clip_grad)
             optimizer.step_with_ready_grads()
     else:
         grad_norm = clip_grad_norm_cpu(chunks, cfg.optim.clip_grad)
@@ -253,6 +288,14 @@ def token_budget(cfg: RunConfig) -> Optional[int]:
     if cfg.training.max_tokens_per_micro_batch:
         return cfg.training.max_tokens_per_micro_batch
     return cfg.data.seq_length if cfg.data.packing else None
+
+
+def seq_pad_multiple(cfg: RunConfig) -> int:
+    """Row lengths must be a multiple of this: tp under sequence parallelism (megatron reduce-scatters the
+    [s, b, h] embeddings over TP ranks along s), else 1."""
+    from megatron_mmr1.models.language import uses_sequence_parallel
+
+    return cfg.parallel.tp if uses_sequence_parallel(cfg.model, cfg.parallel) else 1
 
 
 def sum_metric(value: torch.Tensor, count: torch.Tensor | float) -> torch.Tensor:

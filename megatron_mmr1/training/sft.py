@@ -20,8 +20,8 @@ from megatron_mmr1.training.checkpointing import Checkpointer, export_hf, load_c
 from megatron_mmr1.training.faults import SkipCounter, StopSignal
 from megatron_mmr1.training.monitor import PhaseTimer, RunMonitor
 from megatron_mmr1.training.setup import (build_optimizer, build_policy, build_scheduler, count_params, current_lr,
-                                          forward_backward, make_forward_step, reduce_loss_dicts, sum_metric,
-                                          token_budget, token_logprobs, train_step, varlen_attention)
+                                          forward_backward, make_forward_step, reduce_loss_dicts, seq_pad_multiple,
+                                          sum_metric, token_budget, token_logprobs, train_step, varlen_attention)
 from megatron_mmr1.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -45,12 +45,14 @@ def example_to_sequence(ex: Any) -> mbs.TrainSequence:
                              image_grid_thw=ex.image_grid_thw)
 
 
-def build_micro_batches(cfg: RunConfig, dataset: Any, indices: list[int], info: DistInfo, pad_id: int,
-                        pad_multiple: int = 1) -> tuple[list[mbs.MicroBatch], int]:
+def build_micro_batches(cfg: RunConfig, dataset: Any, indices: list[int], info: DistInfo,
+                        pad_id: int) -> tuple[list[mbs.MicroBatch], int]:
     """This rank's micro-batches of the global batch ``indices`` (plan from token counts, fetch only
-    this rank's conversations). Returns (micro-batches, real tokens of the global batch)."""
+    this rank's conversations; rows padded to a multiple of tp under sequence parallelism).
+    Returns (micro-batches, real tokens of the global batch)."""
     lengths = [int(dataset.lengths[i]) for i in indices]
     budget = token_budget(cfg)
+    multiple = seq_pad_multiple(cfg)
     plan = mbs.plan_micro_batches(lengths, info.dp, max_tokens=budget, micro_batch_size=cfg.training.micro_batch_size)
     mine = plan[info.dp_rank]
     wanted = [indices[j] for mb in mine for j in mb]
@@ -59,10 +61,7 @@ def build_micro_batches(cfg: RunConfig, dataset: Any, indices: list[int], info: 
     for mb in mine:
         ids = [j for j in mb if indices[j] in fetched]
         seqs = [example_to_sequence(fetched[indices[j]]) for j in ids]
-        if budget is not None:
-            out.append(mbs.pack(seqs, ids, pad_id=pad_id, pad_to_multiple_of=pad_multiple))
-        else:
-            out.append(mbs.pad_rows(seqs, ids, pad_id=pad_id))
+        out.append(mbs.build_micro_batch(seqs, ids, budget is not None, pad_id, multiple))
     return [m.to(info.device) for m in out], sum(lengths)
 
 
