@@ -595,6 +595,7 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
                f"training.global_batch_size={t.global_batch_size} does not divide the "
                f"{samples} responses of a step (rollout_batch_size*rollout.n)")
         _check(cfg.rollout.n >= 1, f"rollout.n={cfg.rollout.n} must be >= 1")
+        _check_pipeline_sync(cfg)
 
     _check(0.0 <= cfg.sampler.lam <= 1.0, f"sampler.lam={cfg.sampler.lam} must be in [0, 1]")
     _check(0.0 <= cfg.vps.momentum < 1.0, f"vps.momentum={cfg.vps.momentum} must be in [0, 1)")
@@ -621,6 +622,16 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
            "rollout.pause_mode=in_place keeps requests inside SGLang, which then refuses "
            "/release_memory_occupation (server not idle): use abort or retract with rollout.colocate")
     _check(0 < cfg.rollout.top_p <= 1, f"rollout.top_p={cfg.rollout.top_p} must be in (0, 1]")
+
+
+def _check_pipeline_sync(cfg: RunConfig) -> None:
+    """With PP > 1 every stage sends its own layers over its own update group: only the distributed
+    sync has one per stage (colocated runs use the CUDA-IPC tensor sync, from one rank)."""
+    p, r = cfg.parallel, cfg.rollout
+    if p.pp > 1 and (r.colocate or r.weight_sync != "distributed"):
+        used = "rollout.colocate=true (CUDA-IPC tensor sync)" if r.colocate else f"rollout.weight_sync={r.weight_sync}"
+        raise ConfigError(f"parallel.pp={p.pp} with {used}: pipeline stages need rollout.weight_sync=distributed "
+                          "and rollout.colocate=false (or parallel.pp=1)")
 
 
 def check_parallel_dims(dims: dict[str, Any], tp: int, pp: int) -> None:
