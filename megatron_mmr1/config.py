@@ -160,7 +160,7 @@ class RolloutConfig:
     weight_sync_flattened: bool = True
     """Send each bucket as one flattened tensor (SGLang flattened_bucket; one broadcast per bucket, 5x faster at 32 MB on gloo) instead of tensor by tensor."""
     weight_sync_master_address: Optional[str] = None
-    """Trainer address as the servers reach it (multi-node); None = 127.0.0.1."""
+    """Trainer node 0's address as the servers reach it (multi-node); None = 127.0.0.1. Senders on other nodes (pipeline stages) bind their own node's: $MMR1_NODE_ADDR, else the interface towards this one."""
     pause_mode: Literal["abort", "retract", "in_place"] = "abort"
     """SGLang /pause_generation mode around weight updates (aborted requests are resubmitted)."""
     seed: Optional[int] = None
