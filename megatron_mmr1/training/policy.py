@@ -98,7 +98,8 @@ def _copy_into(chunks: list, states: list[dict]) -> None:
 # ---- weight sync to the rollout servers -------------------------------------------------------------------
 
 class RolloutWeightSync:
-    """Trainer -> servers after each update (``rollout.weight_sync``; colocated: release before training)."""
+    """Trainer -> servers after each update (``rollout.weight_sync``; colocated: release before the log-prob
+    passes and training, and every rank frees its CUDA cache before the servers resume)."""
 
     def __init__(self, cfg: RunConfig, urls: Sequence[str], work_dir: str) -> None:
         from megatron.core import parallel_state as mpu
@@ -134,6 +135,9 @@ class RolloutWeightSync:
         from megatron_mmr1.models.hf_adapter import iter_hf_state
 
         t0, nbytes = time.perf_counter(), 0
+        if self.colocate:  # before any rank's servers resume: the cached activations would stay reserved
+            torch.cuda.empty_cache()
+            dist.barrier()
         if self.pp > 1 and self.leader:
             self.sender.begin()
         dist.barrier()
