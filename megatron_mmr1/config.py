@@ -622,6 +622,7 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
            "rollout.pause_mode=in_place keeps requests inside SGLang, which then refuses "
            "/release_memory_occupation (server not idle): use abort or retract with rollout.colocate")
     _check(0 < cfg.rollout.top_p <= 1, f"rollout.top_p={cfg.rollout.top_p} must be in (0, 1]")
+    _check_standin_sync(cfg)
 
 
 def _check_pipeline_sync(cfg: RunConfig) -> None:
@@ -632,6 +633,21 @@ def _check_pipeline_sync(cfg: RunConfig) -> None:
         used = "rollout.colocate=true (CUDA-IPC tensor sync)" if r.colocate else f"rollout.weight_sync={r.weight_sync}"
         raise ConfigError(f"parallel.pp={p.pp} with {used}: pipeline stages need rollout.weight_sync=distributed "
                           "and rollout.colocate=false (or parallel.pp=1)")
+
+
+def _check_standin_sync(cfg: RunConfig) -> None:
+    """The CPU stand-in server (rollout.backend=local) cannot open CUDA-IPC handles (it lacks SGLang's reductions
+    and a CUDA context); its distributed sync runs over gloo and its disk sync reads files, on any machine."""
+    r = cfg.rollout
+    if r.backend != "local" or not (r.colocate or r.weight_sync == "tensor") or cfg.parallel.backend == "gloo":
+        return  # a gloo trainer keeps its weights on the CPU: they travel as shared memory
+    import torch
+
+    used = "rollout.colocate=true" if r.colocate else "rollout.weight_sync=tensor"
+    _check(not torch.cuda.is_available(),
+           f"rollout.backend=local (the CPU stand-in server) cannot receive CUDA-IPC weights ({used}) on a CUDA "
+           "machine: use rollout.weight_sync=distributed or disk with rollout.colocate=false, rollout.backend=sglang, "
+           "or parallel.backend=gloo")
 
 
 def check_parallel_dims(dims: dict[str, Any], tp: int, pp: int) -> None:

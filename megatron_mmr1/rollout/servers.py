@@ -346,6 +346,9 @@ def make_weight_sender(cfg: RolloutConfig, urls: Sequence[str], work_dir: str = 
         return DiskWeightSender(urls, os.path.join(work_dir, "weight_sync"), timeout_s=timeout_s,
                                 pause_mode=cfg.pause_mode)
     master_address = master_address or local_sync_address(cfg.weight_sync_master_address)
-    return DistributedWeightSender(urls, master_address=master_address, bucket_mb=cfg.weight_sync_bucket_mb,
+    # The stand-in server receives into CPU tensors over gloo, also when the trainer has a GPU (nccl needs both ends on CUDA).
+    backend = "gloo" if cfg.backend == "local" else None
+    return DistributedWeightSender(urls, backend=backend, master_address=master_address,
+                                   bucket_mb=cfg.weight_sync_bucket_mb,
                                    flattened=cfg.weight_sync_flattened, timeout_s=timeout_s,
                                    pause_mode=cfg.pause_mode)

@@ -35,7 +35,7 @@ def colocated_sync(events: str) -> None:
     from megatron_mmr1.models import hf_adapter
     from megatron_mmr1.training.policy import RolloutWeightSync
 
-    cfg = load_config(None, ["rollout.colocate=true"])
+    cfg = load_config(None, ["rollout.colocate=true", "parallel.backend=gloo"])
     parallel.initialize(cfg.parallel)
     rank = os.environ["RANK"]
     torch.cuda.empty_cache = lambda: _log(events, f"empty_cache {rank}")
