@@ -165,7 +165,7 @@ class RolloutConfig:
     weight_sync_flattened: bool = True
     """Send each bucket as one flattened tensor (SGLang flattened_bucket; one broadcast per bucket, 5x faster at 32 MB on gloo) instead of tensor by tensor."""
     weight_sync_master_address: Optional[str] = None
-    """Trainer address as the servers reach it (multi-node); None = 127.0.0.1."""
+    """Trainer node 0's address as the servers reach it (multi-node); None = 127.0.0.1. Senders on other nodes (pipeline stages) bind their own node's: $MMR1_NODE_ADDR, else the interface towards this one."""
     pause_mode: Literal["abort", "retract", "in_place"] = "abort"
     """SGLang /pause_generation mode around weight updates (aborted requests are resubmitted)."""
     seed: Optional[int] = None
@@ -606,6 +606,7 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
                f"training.global_batch_size={t.global_batch_size} does not divide the "
                f"{samples} responses of a step (rollout_batch_size*rollout.n)")
         _check(cfg.rollout.n >= 1, f"rollout.n={cfg.rollout.n} must be >= 1")
+        _check_pipeline_sync(cfg)
 
     _check(0.0 <= cfg.sampler.lam <= 1.0, f"sampler.lam={cfg.sampler.lam} must be in [0, 1]")
     _check(0.0 <= cfg.vps.momentum < 1.0, f"vps.momentum={cfg.vps.momentum} must be in [0, 1)")
@@ -632,6 +633,32 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
            "rollout.pause_mode=in_place keeps requests inside SGLang, which then refuses "
            "/release_memory_occupation (server not idle): use abort or retract with rollout.colocate")
     _check(0 < cfg.rollout.top_p <= 1, f"rollout.top_p={cfg.rollout.top_p} must be in (0, 1]")
+    _check_standin_sync(cfg)
+
+
+def _check_pipeline_sync(cfg: RunConfig) -> None:
+    """With PP > 1 every stage sends its own layers over its own update group: only the distributed
+    sync has one per stage (colocated runs use the CUDA-IPC tensor sync, from one rank)."""
+    p, r = cfg.parallel, cfg.rollout
+    if p.pp > 1 and (r.colocate or r.weight_sync != "distributed"):
+        used = "rollout.colocate=true (CUDA-IPC tensor sync)" if r.colocate else f"rollout.weight_sync={r.weight_sync}"
+        raise ConfigError(f"parallel.pp={p.pp} with {used}: pipeline stages need rollout.weight_sync=distributed "
+                          "and rollout.colocate=false (or parallel.pp=1)")
+
+
+def _check_standin_sync(cfg: RunConfig) -> None:
+    """The CPU stand-in server (rollout.backend=local) cannot open CUDA-IPC handles (it lacks SGLang's reductions
+    and a CUDA context); its distributed sync runs over gloo and its disk sync reads files, on any machine."""
+    r = cfg.rollout
+    if r.backend != "local" or not (r.colocate or r.weight_sync == "tensor") or cfg.parallel.backend == "gloo":
+        return  # a gloo trainer keeps its weights on the CPU: they travel as shared memory
+    import torch
+
+    used = "rollout.colocate=true" if r.colocate else "rollout.weight_sync=tensor"
+    _check(not torch.cuda.is_available(),
+           f"rollout.backend=local (the CPU stand-in server) cannot receive CUDA-IPC weights ({used}) on a CUDA "
+           "machine: use rollout.weight_sync=distributed or disk with rollout.colocate=false, rollout.backend=sglang, "
+           "or parallel.backend=gloo")
 
 
 def check_parallel_dims(dims: dict[str, Any], tp: int, pp: int) -> None:

@@ -170,3 +170,17 @@ def test_min_lr_above_lr_names_both_keys():
 
     with pytest.raises(ConfigError, match=r"optim.min_lr=0.001 must be in \[0, optim.lr=0.0001\]"):
         load_config(None, ["optim.lr=1e-4", "optim.min_lr=1e-3"])
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["rollout.colocate=true"], "parallel.pp=2 with rollout.colocate=true (CUDA-IPC tensor sync)"),
+    (["rollout.weight_sync=tensor"], "parallel.pp=2 with rollout.weight_sync=tensor"),
+    (["rollout.weight_sync=disk"], "parallel.pp=2 with rollout.weight_sync=disk"),
+])
+def test_pipeline_stages_need_the_distributed_sync(overrides, needle):
+    """Refused at load, not after the model is built: each stage sends its own layers over its own group."""
+    with pytest.raises(ConfigError, match="pipeline stages need rollout.weight_sync=distributed") as e:
+        load_config(None, ["parallel.pp=2", *overrides])
+    assert needle in str(e.value)
+    assert load_config(None, ["parallel.pp=2", "rollout.weight_sync=distributed"]).parallel.pp == 2
+    assert load_config(None, ["parallel.pp=1", *overrides]).parallel.pp == 1

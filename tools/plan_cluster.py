@@ -467,17 +467,20 @@ def search(cfg: RunConfig, nodes: int, gpu: GPUSpec, a: Assumptions, colocate: b
 CLUSTER_LINE = re.compile(r"^#\s*cluster:(.*)$", re.MULTILINE)
 
 
-def read_cluster(path: str | Path) -> dict[str, int]:
-    """The ``# cluster: nodes=N server_tp=T`` comment of a run config."""
+def read_cluster(path: str | Path) -> dict[str, Any]:
+    """The ``# cluster: nodes=N server_tp=T [gpu=h200]`` comment of a run config (gpu: h100 unless named)."""
     text = Path(path).read_text()
     m = CLUSTER_LINE.search(text)
     if m is None:
         raise ValueError(f"{path}: no '# cluster: nodes=N server_tp=T' comment line (where the run is meant to run)")
-    out: dict[str, int] = {}
+    out: dict[str, Any] = {}
     for item in m.group(1).split():
         key, _, value = item.partition("=")
+        if key == "gpu" and value in GPUS:
+            out[key] = value
+            continue
         if key not in ("nodes", "server_tp") or not value.isdigit() or int(value) < 1:
-            raise ValueError(f"{path}: cluster comment item '{item}' (expected nodes=N server_tp=T, positive integers)")
+            raise ValueError(f"{path}: cluster comment item '{item}' (expected nodes=N server_tp=T, positive integers, and optionally gpu=h100|h200)")
         out[key] = int(value)
     missing = {"nodes", "server_tp"} - set(out)
     if missing:
@@ -485,9 +488,11 @@ def read_cluster(path: str | Path) -> dict[str, int]:
     return out
 
 
-def plan_config(path: str | Path, gpu: GPUSpec, a: Assumptions, overrides: Optional[list[str]] = None) -> Plan:
-    """The layout a config states (parallel.*, rollout.colocate / num_servers and its cluster comment)."""
+def plan_config(path: str | Path, gpu: Optional[GPUSpec], a: Assumptions, overrides: Optional[list[str]] = None) -> Plan:
+    """The layout a config states (parallel.*, rollout.colocate / num_servers and its cluster comment); ``gpu``
+    None: the comment's GPU."""
     cluster = read_cluster(path)
+    gpu = gpu or GPUS[cluster.get("gpu", "h100")]
     cfg = load_config(path, overrides)
     nodes, stp = cluster["nodes"], cluster["server_tp"]
     gpus = nodes * GPUS_PER_NODE
@@ -668,7 +673,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     src.add_argument("--config", help="run config YAML: its workload, and its layout unless --nodes is given")
     src.add_argument("--preset", choices=SIZES, help="size preset with the paper's GRPO settings (table 6)")
     ap.add_argument("--nodes", type=_int_list, help="node counts (8 GPUs each) to search layouts for, e.g. 1,2,4,8")
-    ap.add_argument("--gpu", choices=sorted(GPUS), default="h100")
+    ap.add_argument("--gpu", choices=sorted(GPUS), help="default: a config's cluster comment, else h100")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--colocate", dest="colocate", action="store_true", default=None,
                       help="servers share the trainer's GPUs (default for --preset)")
@@ -681,13 +686,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
     try:
         a = parse_assume(args.assume)
-        gpu = GPUS[args.gpu]
+        gpu = GPUS[args.gpu or "h100"]
         if args.table:
             print(markdown_table([_table_cell(preset, n, gpu, a, colocate) for preset in SIZES
                                   for n in (args.nodes or [1, 2, 4, 8]) for colocate in (True, False)]))
             return 0
         if args.config and not args.nodes:
-            plan = plan_config(args.config, gpu, a, args.overrides)
+            plan = plan_config(args.config, GPUS[args.gpu] if args.gpu else None, a, args.overrides)
             print(shell_vars(plan) if args.shell else report(plan))
             return 0 if plan.fits else 1
         if args.shell:

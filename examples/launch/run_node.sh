@@ -26,6 +26,9 @@ RUN_DIR=${RUN_DIR:-outputs/launch}
 PYTHON=${PYTHON:-python}
 ROUTER_PORT=${ROUTER_PORT:-30000}
 ADVERTISE_HOST=${ADVERTISE_HOST:-$(hostname)}
+# This node's address as the servers reach it: each pipeline stage's weight sender binds its update group
+# here (rollout.weight_sync_master_address is node 0's, which a stage on another node cannot bind).
+NODE_ADDR=${NODE_ADDR:-$ADVERTISE_HOST}
 DRY_RUN=${DRY_RUN:-0}
 
 die() { echo "run_node.sh: $*" >&2; exit 1; }
@@ -82,7 +85,7 @@ if [ "$trainer_here" = 1 ]; then
     fi
     rc=0
     run env NNODES="$PLAN_TRAINER_NODES" NODE_RANK="$NODE_RANK" GPUS_PER_NODE="$PLAN_TRAINER_GPUS_PER_NODE" \
-        MASTER_ADDR="$MASTER_ADDR" bash examples/launch/torchrun_multinode.sh "$CONFIG" model.hf_path="$MODEL" \
+        MASTER_ADDR="$MASTER_ADDR" MMR1_NODE_ADDR="$NODE_ADDR" bash examples/launch/torchrun_multinode.sh "$CONFIG" model.hf_path="$MODEL" \
         rollout.backend=sglang rollout.server_urls="$urls" rollout.weight_sync_master_address="$MASTER_ADDR" "$@" \
         || rc=$?
     if [ "$NODE_RANK" = 0 ] && [ "$DRY_RUN" != 1 ]; then echo "$rc" > "$RUN_DIR/trainer.rc"; fi

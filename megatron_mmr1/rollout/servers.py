@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -289,11 +290,52 @@ def rollout_servers(cfg: RolloutConfig, model_dir: Optional[str] = None, log_dir
         group.stop()
 
 
+NODE_ADDR_ENV = "MMR1_NODE_ADDR"
+"""The address of the node a trainer rank runs on, as the servers reach it (examples/launch/run_node.sh sets it
+per node)."""
+
+
+def _is_local_address(address: str) -> bool:
+    """Whether this host can bind ``address`` (one of its own interfaces, or a name resolving to one)."""
+    try:
+        with socket.socket() as s:
+            s.bind((address, 0))
+        return True
+    except OSError:
+        return False
+
+
+def local_sync_address(configured: Optional[str]) -> str:
+    """The address this rank's update group binds on: its own node's, which the servers dial.
+
+    ``rollout.weight_sync_master_address`` names trainer node 0; a pipeline stage's sender on another node
+    cannot bind it (EADDRNOTAVAIL). Order: ``$MMR1_NODE_ADDR`` (set per node by the launcher); the configured
+    address when it is this host's; else this host's address on the route towards the configured one (the
+    network the servers share with node 0), or its hostname's address.
+    """
+    own = os.environ.get(NODE_ADDR_ENV)
+    if own:
+        return own
+    if configured is None:
+        return "127.0.0.1"
+    if _is_local_address(configured):
+        return configured
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((configured, 9))  # UDP: picks the outgoing interface, sends nothing
+            address = s.getsockname()[0]
+    except OSError:
+        address = socket.gethostbyname(socket.gethostname())
+    logger.info("rollout.weight_sync_master_address=%s is another host's: this node's sender binds %s "
+                "(set %s per node to choose)", configured, address, NODE_ADDR_ENV)
+    return address
+
+
 def make_weight_sender(cfg: RolloutConfig, urls: Sequence[str], work_dir: str = "outputs",
                        master_address: Optional[str] = None) -> WeightSender:
     """The sender for ``rollout.weight_sync`` (distributed / tensor / disk), bucketed by ``weight_sync_bucket_mb``.
 
-    ``master_address`` must be reachable from the servers (the trainer node's address in multi-node runs).
+    ``master_address`` must be reachable from the servers; None: this node's (:func:`local_sync_address`).
     ``disk`` writes under ``work_dir`` / weight_sync, which the servers must be able to read.
     """
     timeout_s = cfg.weight_sync_timeout_s
@@ -303,7 +345,10 @@ def make_weight_sender(cfg: RolloutConfig, urls: Sequence[str], work_dir: str = 
     if cfg.weight_sync == "disk":
         return DiskWeightSender(urls, os.path.join(work_dir, "weight_sync"), timeout_s=timeout_s,
                                 pause_mode=cfg.pause_mode)
-    master_address = master_address or cfg.weight_sync_master_address or "127.0.0.1"
-    return DistributedWeightSender(urls, master_address=master_address, bucket_mb=cfg.weight_sync_bucket_mb,
+    master_address = master_address or local_sync_address(cfg.weight_sync_master_address)
+    # The stand-in server receives into CPU tensors over gloo, also when the trainer has a GPU (nccl needs both ends on CUDA).
+    backend = "gloo" if cfg.backend == "local" else None
+    return DistributedWeightSender(urls, backend=backend, master_address=master_address,
+                                   bucket_mb=cfg.weight_sync_bucket_mb,
                                    flattened=cfg.weight_sync_flattened, timeout_s=timeout_s,
                                    pause_mode=cfg.pause_mode)

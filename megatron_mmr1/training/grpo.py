@@ -138,6 +138,8 @@ def update_policy(cfg: RunConfig, info: DistInfo, chunks: list, optimizer, sched
                   records: list, dataset: Any, pad_id: int, varlen: bool, timer: PhaseTimer,
                   before_train=None, skips: Optional[SkipCounter] = None, step: int = 0) -> dict[str, float]:
     """Train on one rollout batch: old / reference log-probs (no grad), then its optimizer steps."""
+    if before_train is not None:  # colocated: the servers give their memory back before any trainer forward
+        before_train()
     with timer("logprob"):
         steps, ratio, pad_ratio = optimizer_steps(cfg, records, dataset, info, pad_id, {})
         if len(steps) > 1:  # later updates of this batch need the log-probs of the weights that sampled it
@@ -145,8 +147,6 @@ def update_policy(cfg: RunConfig, info: DistInfo, chunks: list, optimizer, sched
         if reference is not None:
             with reference.swapped_in(chunks):
                 fill_logprobs(cfg, chunks, steps, "ref_logp", cfg.rollout.temperature, varlen)
-    if before_train is not None:
-        before_train()
     with timer("train"):
         results = [train_step(cfg, chunks, optimizer, scheduler, forward_step, micro, info.device) for micro in steps]
     for r in results:

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from megatron_mmr1.config import ConfigError, RunConfig
+from megatron_mmr1.config import RunConfig
 from megatron_mmr1.training import micro_batches as mbs
 from megatron_mmr1.training.setup import forward_backward, make_forward_step, token_logprobs, unwrap
 from megatron_mmr1.utils.logging import get_logger
@@ -98,7 +98,8 @@ def _copy_into(chunks: list, states: list[dict]) -> None:
 # ---- weight sync to the rollout servers -------------------------------------------------------------------
 
 class RolloutWeightSync:
-    """Trainer -> servers after each update (``rollout.weight_sync``; colocated: release before training)."""
+    """Trainer -> servers after each update (``rollout.weight_sync``; colocated: release before the log-prob
+    passes and training, and every rank frees its CUDA cache before the servers resume)."""
 
     def __init__(self, cfg: RunConfig, urls: Sequence[str], work_dir: str) -> None:
         from megatron.core import parallel_state as mpu
@@ -109,9 +110,6 @@ class RolloutWeightSync:
         self.pp_rank = mpu.get_pipeline_model_parallel_rank()
         self.is_source = mpu.get_tensor_model_parallel_rank() == 0 and mpu.get_data_parallel_rank() == 0
         self.colocate = cfg.rollout.colocate
-        if self.pp > 1 and (cfg.rollout.colocate or cfg.rollout.weight_sync != "distributed"):
-            raise ConfigError(f"parallel.pp={self.pp} needs rollout.weight_sync=distributed and rollout.colocate=false "
-                              "(each pipeline stage sends its own layers over its own update group)")
         self.sender = None
         if self.is_source:
             self.sender = make_weight_sender(cfg.rollout, urls, work_dir=work_dir)
@@ -137,6 +135,9 @@ class RolloutWeightSync:
         from megatron_mmr1.models.hf_adapter import iter_hf_state
 
         t0, nbytes = time.perf_counter(), 0
+        if self.colocate:  # before any rank's servers resume: the cached activations would stay reserved
+            torch.cuda.empty_cache()
+            dist.barrier()
         if self.pp > 1 and self.leader:
             self.sender.begin()
         dist.barrier()

@@ -31,3 +31,15 @@ def test_ablation_config():
 def test_overrides_still_apply(name):
     cfg = load_config(CONFIGS / name, ["sampler.type=uniform", "vps.refresh=online"])
     assert cfg.sampler.type == "uniform" and cfg.vps.refresh == "online"
+
+
+ALL_CONFIGS = sorted(CONFIGS.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=[p.name for p in ALL_CONFIGS])
+def test_every_example_config_validates(path):
+    """A shipped config must not pass the planner and then die after the model is built."""
+    cfg = load_config(path)
+    assert cfg.name
+    if cfg.rollout.colocate:
+        assert cfg.parallel.pp == 1  # colocated CUDA-IPC sync: one sender, no per-stage groups

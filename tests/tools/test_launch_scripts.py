@@ -55,10 +55,27 @@ def test_split_two_nodes(hf_7b, tmp_path):
     trainer_node = run_node(CONFIGS / "mmr1_grpo_7b.yaml", hf_7b, {**env, "NODE_RANK": "0"}, "data.train_files=[a b]")
     assert trainer_node.returncode == 0, trainer_node.stderr
     [torchrun] = commands(trainer_node.stdout)
-    assert torchrun[:5] == ["env", "NNODES=1", "NODE_RANK=0", "GPUS_PER_NODE=8", "MASTER_ADDR=n0"]
+    assert torchrun[:6] == ["env", "NNODES=1", "NODE_RANK=0", "GPUS_PER_NODE=8", "MASTER_ADDR=n0", "MMR1_NODE_ADDR=h"]
     assert "examples/launch/torchrun_multinode.sh" in torchrun and "data.train_files=[a b]" in torchrun
     assert "rollout.weight_sync_master_address=n0" in torchrun and f"model.hf_path={hf_7b}" in torchrun
     assert any(a.startswith("rollout.server_urls=") and "node1.json" in a for a in torchrun)
+
+
+@pytest.fixture(scope="module")
+def hf_32b(tmp_path_factory):
+    path = tmp_path_factory.mktemp("hf32b")
+    (path / "config.json").write_text(json.dumps(hf_config_dict(resolve_model_dims(ModelConfig(preset="qwen2.5-vl-32b")))))
+    return path
+
+
+def test_each_trainer_node_passes_its_own_address(hf_32b, tmp_path):
+    """32B split: pipeline stages on trainer nodes 0 and 1; node 1's senders bind node 1's address."""
+    env = {"NNODES": "3", "MASTER_ADDR": "n0", "RUN_DIR": str(tmp_path)}
+    for rank, host in (("0", "n0"), ("1", "n1")):
+        proc = run_node(CONFIGS / "mmr1_grpo_32b.yaml", hf_32b, {**env, "NODE_RANK": rank, "ADVERTISE_HOST": host})
+        assert proc.returncode == 0, proc.stderr
+        [torchrun] = commands(proc.stdout)
+        assert f"MMR1_NODE_ADDR={host}" in torchrun and "rollout.weight_sync_master_address=n0" in torchrun
 
 
 def test_colocated_one_node(hf_7b, tmp_path):

@@ -1,7 +1,7 @@
 """The cluster planner (tools/plan_cluster.py) and the shipped run configs it sizes.
 
 Every config in examples/configs loads with the world size it is meant for, and every GRPO config
-fits its stated cluster (<= 80 GB H100s) by the planner's memory model.
+fits its stated cluster (80 GB H100s unless its cluster comment names gpu=h200) by the planner's memory model.
 """
 
 import importlib.util
@@ -67,18 +67,19 @@ def test_grpo_configs_cover_every_size_both_modes():
 
 @pytest.mark.parametrize("path", CLUSTER, ids=[p.name for p in CLUSTER])
 def test_grpo_configs_fit_their_clusters(path):
-    plan = pc.plan_config(path, H100, pc.Assumptions())
+    plan = pc.plan_config(path, None, pc.Assumptions())  # the GPU its cluster comment names (h100 by default)
     assert plan.fits, pc.report(plan)
-    assert plan.peak_per_gpu <= 80 * 1e9 and plan.trainer.memory.peak <= H100.memory_gib * GIB
+    assert plan.gpu == H100 or "gpu=h200" in path.read_text()
+    assert plan.peak_per_gpu <= plan.gpu.memory_gib * GIB and plan.trainer.memory.peak <= plan.gpu.memory_gib * GIB
     assert plan.trainer.gpus == intended_world_size(path)
     assert plan.servers.serves and plan.servers.kv_cache > 0
 
 
 def test_a_layout_that_does_not_fit_is_reported(tmp_path):
-    # 72B colocated on 4 nodes with DP=1: Adam is not sharded and leaves the servers no room.
+    # 72B colocated on 4 nodes of H100s: TP8 PP1 shards (weights, fp32 grads, reference copy) leave no room.
     text = (ROOT / "examples" / "configs" / "mmr1_grpo_72b_colocate.yaml").read_text()
     path = tmp_path / "run.yaml"
-    path.write_text(text.replace("# cluster: nodes=8", "# cluster: nodes=4").replace("pp: 8", "pp: 4")
+    path.write_text(text.replace("# cluster: nodes=8", "# cluster: nodes=4").replace(" gpu=h200", "")
                     .replace("num_servers: 8", "num_servers: 4"))
     plan = pc.plan_config(path, H100, pc.Assumptions())
     assert not plan.fits and "DOES NOT FIT" in pc.report(plan)

@@ -1,0 +1,48 @@
+"""Rank bodies for tests/rollout/test_colocate_memory.py (importable by spawned processes)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def _log(path: str, line: str) -> None:
+    with open(path, "a") as f:  # O_APPEND: one short write per event, whole lines across processes
+        f.write(line + "\n")
+
+
+class _RecordingSender:
+    """The leader's colocated sender: logs when it would resume the servers' memory."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def update(self, named, weight_version=None, **kw):
+        _log(self.path, f"resume {os.environ['RANK']}")
+        for _ in named:
+            pass
+
+    def close(self) -> None:
+        pass
+
+
+def colocated_sync(events: str) -> None:
+    """One colocated weight sync on every rank with torch.cuda.empty_cache spied on (after cpu_compat's
+    no-op patch, which is what this CPU run would otherwise call)."""
+    from megatron_mmr1 import parallel
+    from megatron_mmr1.config import load_config
+    from megatron_mmr1.models import hf_adapter
+    from megatron_mmr1.training.policy import RolloutWeightSync
+
+    cfg = load_config(None, ["rollout.colocate=true", "parallel.backend=gloo"])
+    parallel.initialize(cfg.parallel)
+    rank = os.environ["RANK"]
+    torch.cuda.empty_cache = lambda: _log(events, f"empty_cache {rank}")
+    hf_adapter.iter_hf_state = lambda chunks, **kw: iter([("lm_head.weight", torch.zeros(2, 2))])
+    sync = RolloutWeightSync(cfg, ["http://127.0.0.1:1"], work_dir=os.path.dirname(events))
+    if sync.sender is not None:
+        sync.sender.close()
+        sync.sender = _RecordingSender(events)
+    sync.sync([], "1")
+    sync.close()
