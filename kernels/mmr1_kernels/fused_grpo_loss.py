@@ -21,10 +21,12 @@ from megatron_mmr1.algorithms.losses import aggregate_loss, clipped_surrogate, k
 
 from ._dispatch import use_triton
 from .fused_logprobs import (
+    accumulate_dw_,
     all_reduce_,
     chunk_dlogits_,
     chunk_logits_stats,
     default_chunk_size,
+    dw_buffer,
     reference_logprobs,
     tp_layout,
 )
@@ -73,7 +75,7 @@ class _FusedGRPOLoss(torch.autograd.Function):
         loss_params = {k: v for k, v in params.items() if k != "temperature"}
         need_x, need_w = grad_enabled and ctx.needs_input_grad[0], grad_enabled and ctx.needs_input_grad[1]
         dx = torch.empty_like(hidden) if need_x else None
-        dw = torch.zeros_like(weight) if need_w else None
+        dw = dw_buffer(weight, -(-T // chunk)) if need_w else None
         logp = torch.empty(T, dtype=torch.float32, device=hidden.device)
         entropy = torch.empty_like(logp)
         clipped = torch.zeros_like(logp)
@@ -103,10 +105,12 @@ class _FusedGRPOLoss(torch.autograd.Function):
                 if need_x:
                     torch.matmul(logits, weight, out=dx[sl])
                 if need_w:
-                    dw.addmm_(logits.t(), x_c)
+                    accumulate_dw_(dw, logits, x_c)
             del logits
         if need_x and reduce_grad_hidden:
             all_reduce_(dx, group)
+        if need_w:
+            dw = dw.to(weight.dtype)  # one rounding of the fp32 sum
         ctx.grads = (dx, dw)  # our own buffers, handed to autograd (not saved inputs or outputs)
         ctx.mark_non_differentiable(logp, entropy, clipped, kl)
         return loss, logp, entropy, clipped, kl

@@ -11,7 +11,7 @@ Design (Liger FLCE / verl linear_cross_entropy lineage, see docs/kernels.md):
   then one SUM of the packed [rescaled sum-exp, rescaled entropy term, target logit]);
 - the gradient of the logits is written in place into the same buffer by a second Triton kernel,
   dz = [g_lp (onehot - p) - g_ent p (z - sum p z)] / temperature, then dX_c = dz @ W and
-  dW += dz.T @ x_c are cuBLAS GEMMs. ``fused_logprobs`` recomputes the logits in backward (4 GEMMs
+  dW += dz.T @ x_c are cuBLAS GEMMs (dW summed over chunks in fp32, cast to the weight's dtype once). ``fused_logprobs`` recomputes the logits in backward (4 GEMMs
   in all); ``fused_grpo_loss`` knows its per-token gradients in forward and needs only 3.
 
 All statistics are fp32; logits use the input dtype (bf16 in production) like the reference path.
@@ -37,6 +37,7 @@ DLOGITS_BLOCK_V = 4096
 DLOGITS_NUM_WARPS = 8
 CHUNK_BYTES = 512 * 2**20  # budget of the [C, V_local] logits buffer
 TORCH_BLOCK_V = 16384  # vocabulary columns per step of the torch row ops (bounds their fp32 temporaries)
+DW_BLOCK_ROWS = 8192  # vocabulary rows per dW GEMM into an fp32 accumulator (bounds the product's temporary)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,6 +256,24 @@ def default_chunk_size(V_local: int, dtype: torch.dtype, T: int) -> int:
     return int(min(max(c, 256), 8192, max(T, 1)))
 
 
+def dw_buffer(weight: torch.Tensor, n_chunks: int) -> torch.Tensor:
+    """Zeroed dW accumulator: fp32 when several bf16/fp16 token chunks add into it (a bf16 running sum
+    rounds every partial sum to 8 bits, so its error grows with the number of chunks), else weight's dtype."""
+    low = weight.dtype in (torch.bfloat16, torch.float16)
+    return torch.zeros(weight.shape, dtype=torch.float32 if low and n_chunks > 1 else weight.dtype,
+                       device=weight.device)
+
+
+def accumulate_dw_(dw: torch.Tensor, dlogits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """dw += dlogits.T @ x. Same dtypes: one in-place GEMM. fp32 ``dw``: per block of vocabulary rows, the
+    product in the input dtype (fp32 inside the GEMM, rounded once) added in fp32."""
+    if dw.dtype == dlogits.dtype:
+        return dw.addmm_(dlogits.t(), x)
+    for v0 in range(0, dw.shape[0], DW_BLOCK_ROWS):
+        dw[v0 : v0 + DW_BLOCK_ROWS].add_(dlogits[:, v0 : v0 + DW_BLOCK_ROWS].t() @ x)
+    return dw
+
+
 def all_reduce_(t: torch.Tensor, group) -> torch.Tensor:
     if group is not None and dist.is_initialized() and dist.get_world_size(group) > 1:
         dist.all_reduce(t, group=group)
@@ -292,7 +311,7 @@ class _FusedLogProbs(torch.autograd.Function):
         g_logp = torch.zeros_like(lse) if g_logp is None else g_logp.float()
         g_entropy = torch.zeros_like(lse) if g_entropy is None else g_entropy.float()
         dx = torch.empty_like(hidden) if need_x else None
-        dw = torch.zeros_like(weight) if need_w else None
+        dw = dw_buffer(weight, -(-T // chunk)) if need_w else None
         for c0 in range(0, T, chunk):
             sl = slice(c0, c0 + chunk)
             x_c = hidden[sl]
@@ -302,9 +321,11 @@ class _FusedLogProbs(torch.autograd.Function):
             if need_x:
                 torch.matmul(logits, weight, out=dx[sl])
             if need_w:
-                dw.addmm_(logits.t(), x_c)
+                accumulate_dw_(dw, logits, x_c)
         if need_x and reduce_grad_hidden:
             all_reduce_(dx, group)
+        if need_w:
+            dw = dw.to(weight.dtype)  # one rounding of the fp32 sum
         return dx, dw, None, None, None, None, None, None, None
 
 

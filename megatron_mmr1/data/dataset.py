@@ -26,9 +26,9 @@ from megatron_mmr1.data.sample import Sample
 from megatron_mmr1.data.vision import (
     ImageError,
     ImageProcessor,
-    PillowImageProcessor,
     ProcessedImages,
     VisionSpec,
+    build_image_processor,
     describe,
     header_size,
 )
@@ -88,8 +88,9 @@ class _RecordDataset(torch.utils.data.Dataset):
         """``scan_workers``: processes for the up-front checks of large datasets (default data.num_workers)."""
         self.cfg = cfg
         self.tokenizer = tokenizer
-        self.spec = image_processor.spec if image_processor is not None else VisionSpec.from_config(cfg)
-        self.image_processor = image_processor or PillowImageProcessor(self.spec)
+        # data.image_decoder picks the decoder (Pillow, or DALI batched over get_batch) unless one is given
+        self.image_processor = image_processor or build_image_processor(cfg)
+        self.spec = self.image_processor.spec
         self.formatter = formatter or ChatFormatter.from_config(tokenizer, cfg, merge_size=self.spec.merge_size)
         self.bad = bad or BadRecords(cfg.on_bad_record)
         files = list(files if files is not None else cfg.train_files)

@@ -293,9 +293,11 @@ class PillowImageProcessor:
         return ProcessedImages.concat([self.process_one(s) for s in images], self.spec)
 
 
-def build_image_processor(cfg: Any = None, decoder: Optional[str] = None, **kwargs) -> ImageProcessor:
-    """``data.image_decoder``: auto = DALI when it imports and CUDA is up, Pillow otherwise."""
-    spec = VisionSpec.from_config(cfg) if cfg is not None else VisionSpec()
+def build_image_processor(cfg: Any = None, decoder: Optional[str] = None, spec: Optional[VisionSpec] = None,
+                          **kwargs) -> ImageProcessor:
+    """``data.image_decoder``: auto = DALI when it imports and CUDA is up, Pillow otherwise; dali = DALI,
+    on the GPU when there is one, else its CPU pipeline (same pixels as Pillow, see dali.py)."""
+    spec = spec or (VisionSpec.from_config(cfg) if cfg is not None else VisionSpec())
     decoder = decoder or (cfg.image_decoder if cfg is not None else "auto")
     if decoder == "pillow":
         return PillowImageProcessor(spec)
@@ -303,6 +305,7 @@ def build_image_processor(cfg: Any = None, decoder: Optional[str] = None, **kwar
 
     kwargs.setdefault("resize", cfg.dali_resize if cfg is not None else "exact")
     if decoder == "dali":
+        kwargs.setdefault("device", "gpu" if torch.cuda.is_available() else "cpu")
         return dali.DaliImageProcessor(spec, **kwargs)
     if decoder == "auto":
         if dali.dali_available() and torch.cuda.is_available():

@@ -25,14 +25,17 @@ def tokenizer(synth):
     return load_tokenizer(synth["tokenizer"])
 
 
+# image_decoder=pillow: the tests compare pixel_values with CPU references; "auto" would pick DALI on
+# the GPU on a CUDA machine (test_dali.py covers that path).
 @pytest.fixture
 def rl_cfg(synth):
-    return DataConfig(kind="rl", train_files=[str(synth["rl_train"])], num_workers=0)
+    return DataConfig(kind="rl", train_files=[str(synth["rl_train"])], num_workers=0, image_decoder="pillow")
 
 
 @pytest.fixture
 def sft_cfg(synth):
-    return DataConfig(kind="sft", train_files=[str(synth["sft_train"])], seq_length=2048, num_workers=0)
+    return DataConfig(kind="sft", train_files=[str(synth["sft_train"])], seq_length=2048, num_workers=0,
+                      image_decoder="pillow")
 
 
 @pytest.fixture(scope="session")

@@ -150,3 +150,36 @@ def test_dataset_batches_images_through_dali(rl_cfg, tokenizer):
     assert proc.stats["dali"] == 3  # one process_many call for the batch
     for s in batch:
         assert torch.equal(s.pixel_values, ref[s.index].pixel_values) and s.prompt_ids == ref[s.index].prompt_ids
+
+
+@needs_dali
+@pytest.mark.parametrize("kind", ["rl", "sft"])
+def test_image_decoder_dali_is_used_by_the_datasets(rl_cfg, sft_cfg, tokenizer, monkeypatch, kind):
+    """data.image_decoder=dali reaches the datasets the trainers build (build_dataset, no processor
+    passed): images go through DALI (its CPU pipeline here), with Pillow's pixel_values (exact resize)."""
+    from dataclasses import replace
+
+    from megatron_mmr1.data.dataset import build_dataset
+
+    calls = []
+    real = dali.DaliImageProcessor.process_many
+
+    def spy(self, prompts):
+        calls.append(len(prompts))
+        return real(self, prompts)
+
+    monkeypatch.setattr(dali.DaliImageProcessor, "process_many", spy)
+    cfg = rl_cfg if kind == "rl" else sft_cfg
+    ds = build_dataset(replace(cfg, image_decoder="dali"), tokenizer)
+    ref = build_dataset(cfg, tokenizer)
+    assert isinstance(ds.image_processor, dali.DaliImageProcessor) and ds.image_processor.device == "cpu"
+    assert isinstance(ref.image_processor, PillowImageProcessor)
+    items = [i for i in range(len(ds)) if ds.records[i].images][:3]
+    batch = ds.get_batch(items)
+    assert calls == [len(items)] and ds.image_processor.stats["dali"] >= len(items)
+    single = ds[items[0]]  # one item (the loader's path without batching) goes through DALI too
+    assert len(calls) == 2
+    for got, i in zip([*batch, single], [*items, items[0]]):
+        want = ref[i]
+        assert torch.equal(got.image_grid_thw, want.image_grid_thw)
+        assert (got.pixel_values - want.pixel_values).abs().max().item() == 0.0  # exact: 0 uint8 levels

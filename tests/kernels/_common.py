@@ -9,8 +9,9 @@ from mmr1_kernels._dispatch import interpreter_mode
 
 # fp32: both sides accumulate in fp32; differences come from summation order only (the 1e-5 relative).
 # bf16: both sides share the bf16 logits GEMM (reference with upcast=False); the fused path also rounds
-# dlogits and dX / dW to bf16 (8 mantissa bits: 2^-8 = 3.9e-3 relative per rounding) and accumulates dW
-# over token chunks in bf16, so gradients agree to ~1e-2 of their largest entry; log-probs stay fp32.
+# dlogits and dX / dW to bf16 (8 mantissa bits: 2^-8 = 3.9e-3 relative per rounding; dW is summed over
+# token chunks in fp32 and rounded once), so gradients agree to ~1e-2 of their largest entry; log-probs
+# stay fp32.
 TOL = {
     torch.float32: dict(value=1e-5, grad=1e-5),
     torch.bfloat16: dict(value=2e-3, grad=2e-2),
