@@ -100,3 +100,18 @@ gpu-env:
 
 clean:
 	rm -rf $(VENV) $(LATEST_VENV) outputs .pytest_cache
+
+# make gpu-wheels   - download tools/gpu_wheels.txt (what a bare CUDA Python 3.12 image lacks) into .whl/
+# make gpu-check    - the one-shot GPU check, one summary line per check (docs/gpu.md); on a CPU:
+#                     make gpu-check GPU_CHECK_ARGS=--dry-run
+WHEEL_DIR ?= .whl
+GPU_CHECK_ARGS ?=
+.PHONY: gpu-wheels gpu-check
+
+gpu-wheels:
+	$(PYTHON) -m pip download --disable-pip-version-check -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--platform manylinux_2_28_x86_64 -r tools/gpu_wheels.txt -d $(WHEEL_DIR)
+	@du -cb $(WHEEL_DIR)/*.whl | tail -1 | awk '{printf "gpu-wheels: %d wheels, %.1f MB in $(WHEEL_DIR)\n", '"$$(ls $(WHEEL_DIR)/*.whl | wc -l)"', $$1 / 1e6}'
+
+gpu-check:
+	bash tools/gpu_check.sh $(GPU_CHECK_ARGS)
