@@ -362,8 +362,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
-    def validate(self, world_size: Optional[int] = None) -> "RunConfig":
-        validate(self, world_size)
+    def validate(self, world_size: Optional[int] = None, nnodes: Optional[int] = None) -> "RunConfig":
+        validate(self, world_size, nnodes)
         return self
 
 
@@ -487,8 +487,9 @@ def load_config(
     path: Optional[str | Path] = None,
     overrides: Optional[list[str]] = None,
     world_size: Optional[int] = None,
+    nnodes: Optional[int] = None,
 ) -> RunConfig:
-    """Read YAML (optional), apply overrides, type-check and validate."""
+    """Read YAML (optional), apply overrides, type-check and validate (for a world size / node count when known)."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -501,7 +502,7 @@ def load_config(
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
     cfg = config_from_dict(data, overrides)
-    return cfg.validate(world_size)
+    return cfg.validate(world_size, nnodes)
 
 
 def to_dict(cfg: Any) -> dict:
@@ -566,7 +567,7 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
+def validate(cfg: RunConfig, world_size: Optional[int] = None, nnodes: Optional[int] = None) -> None:
     """Impossible combinations, each reported with the key that has to change."""
     from megatron_mmr1.models.presets import resolve_model_dims
 
@@ -607,6 +608,7 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None) -> None:
                f"{samples} responses of a step (rollout_batch_size*rollout.n)")
         _check(cfg.rollout.n >= 1, f"rollout.n={cfg.rollout.n} must be >= 1")
         _check_pipeline_sync(cfg)
+        _check_colocate_nodes(cfg, nnodes)
 
     _check(0.0 <= cfg.sampler.lam <= 1.0, f"sampler.lam={cfg.sampler.lam} must be in [0, 1]")
     _check(0.0 <= cfg.vps.momentum < 1.0, f"vps.momentum={cfg.vps.momentum} must be in [0, 1)")
@@ -644,6 +646,15 @@ def _check_pipeline_sync(cfg: RunConfig) -> None:
         used = "rollout.colocate=true (CUDA-IPC tensor sync)" if r.colocate else f"rollout.weight_sync={r.weight_sync}"
         raise ConfigError(f"parallel.pp={p.pp} with {used}: pipeline stages need rollout.weight_sync=distributed "
                           "and rollout.colocate=false (or parallel.pp=1)")
+
+
+def _check_colocate_nodes(cfg: RunConfig, nnodes: Optional[int]) -> None:
+    """Colocated sync sends CUDA-IPC handles from one trainer rank; a handle opens only on its own node, so the
+    servers of other nodes could never load the weights (per-node senders are not written yet)."""
+    if cfg.rollout.colocate and nnodes is not None and nnodes > 1:
+        raise ConfigError(f"rollout.colocate=true on {nnodes} nodes: the CUDA-IPC weight sync is sent from one rank "
+                          "and cannot reach servers on other nodes; use one node, or rollout.colocate=false "
+                          "(rollout.weight_sync=distributed)")
 
 
 def _check_standin_sync(cfg: RunConfig) -> None:

@@ -180,7 +180,8 @@ def worker_main(args: argparse.Namespace) -> int:
         # Until the trainer installs its own handlers (save at the next step), a signal stops the run here.
         with signals_raise_interrupted():
             world_size = int(os.environ.get("WORLD_SIZE", "1"))
-            cfg = load_config(args.config, args.overrides, world_size=world_size)
+            nnodes = max(1, world_size // int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+            cfg = load_config(args.config, args.overrides, world_size=world_size, nnodes=nnodes)
             log_file = None
             if _env_rank() == 0:
                 log_file = prepare_output_dir(cfg) / "train.log"
@@ -209,7 +210,8 @@ def launch(args: argparse.Namespace) -> int:
     nnodes = str(args.nnodes or "1")
     world_size = args.nproc_per_node * int(nnodes) if nnodes.isdigit() else None  # "1:4": elastic, unknown
     try:
-        load_config(args.config, args.overrides, world_size=world_size)
+        load_config(args.config, args.overrides, world_size=world_size,
+                    nnodes=int(nnodes) if nnodes.isdigit() else None)
     except ConfigError as e:
         _say(f"config error: {e}")
         return EXIT_CONFIG_ERROR

@@ -184,3 +184,12 @@ def test_pipeline_stages_need_the_distributed_sync(overrides, needle):
     assert needle in str(e.value)
     assert load_config(None, ["parallel.pp=2", "rollout.weight_sync=distributed"]).parallel.pp == 2
     assert load_config(None, ["parallel.pp=1", *overrides]).parallel.pp == 1
+
+
+def test_colocate_across_nodes_is_refused_with_the_key():
+    """Colocated CUDA-IPC sync comes from one trainer rank; its handles cannot be opened on another node."""
+    base = ["training.mode=grpo", "rollout.colocate=true", "rollout.backend=sglang"]
+    load_config(None, base, nnodes=1)
+    with pytest.raises(ConfigError, match=r"^rollout.colocate=true on 2 nodes"):
+        load_config(None, base, nnodes=2)
+    load_config(None, base[:1] + ["rollout.colocate=false"], nnodes=2)

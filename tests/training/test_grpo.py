@@ -154,7 +154,7 @@ def test_colocated_run_releases_and_resumes_the_servers(task, tmp_path):
     """SGLang's order (slime's colocated path): pause -> release everything -> train -> resume weights ->
     update -> resume KV cache and CUDA graphs -> continue."""
     (s,) = spawn(run_grpo, 1, grpo_overrides(task, tmp_path, "training.train_iters=2", "rollout.colocate=true", "rollout.num_servers=1",
-                                             "rollout.weight_sync=tensor", f"data.val_files=[{task.rl_val}]",
+                                             "rollout.weight_sync=tensor", "parallel.backend=gloo", f"data.val_files=[{task.rl_val}]",
                                              "training.eval_interval=1", "eval.max_samples=6", "eval.max_new_tokens=8"),
                  True, timeout_s=600)
     assert s["steps"] == 2
