@@ -166,8 +166,12 @@ GRPO_KW = dict(eps_low=0.2, eps_high=0.28, clip_c=3.0, kl_coef=0.05, kl_estimato
                temperature=0.7)
 
 
-def _loss_batch(B, S, H, V, dtype, device, seed=0):
+def grpo_loss_batch(B, S, H, V, dtype=None, device="cpu", seed=0, mask_p=0.8):
+    """GRPO-loss inputs with old/ref log-probs near the current ones (ratios near 1: both clip branches taken);
+    shared with tests/kernels."""
     import torch
+
+    dtype = dtype or torch.float32
 
     from mmr1_kernels import reference_logprobs
 
@@ -180,7 +184,7 @@ def _loss_batch(B, S, H, V, dtype, device, seed=0):
     old = lp + 0.3 * torch.randn(B, S, generator=g)
     ref = lp + 0.3 * torch.randn(B, S, generator=g)
     adv = torch.randn(B, 1, generator=g).expand(B, S).contiguous()
-    mask = (torch.rand(B, S, generator=g) < 0.8).float()
+    mask = (torch.rand(B, S, generator=g) < mask_p).float()
     return [t.to(device) for t in (x, w, y, old, ref, adv, mask)]
 
 
@@ -199,7 +203,7 @@ def check_kernels(ctx: Context) -> str:
     worst = 0.0  # error / tolerance, over every comparison
     for dtype in (torch.float32, torch.bfloat16):
         tol = KERNEL_TOL[str(dtype).split(".")[-1]]
-        x, w, y, old, ref, adv, mask = _loss_batch(B, S, H, V, dtype, dev)
+        x, w, y, old, ref, adv, mask = grpo_loss_batch(B, S, H, V, dtype, dev)
         x1, w1 = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
         out = K.fused_grpo_loss(x1, w1, y, old, ref, adv, mask, chunk_size=64, backend=backend, **GRPO_KW)
         out.loss.backward()
@@ -240,7 +244,7 @@ def check_kernels(ctx: Context) -> str:
     T, H, V = (4096, 3584, 152064) if ctx.cuda else (256, 64, 2048)
     dtype = torch.bfloat16 if ctx.cuda else torch.float32
     ctx.fresh_memory()
-    x, w, y, old, ref, adv, mask = _loss_batch(1, T, H, V, dtype, dev, seed=1)
+    x, w, y, old, ref, adv, mask = grpo_loss_batch(1, T, H, V, dtype, dev, seed=1)
     xr, wr = x.requires_grad_(True), w.requires_grad_(True)
 
     def run(impl):

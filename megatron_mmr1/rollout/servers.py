@@ -295,7 +295,7 @@ NODE_ADDR_ENV = "MMR1_NODE_ADDR"
 per node)."""
 
 
-def _is_local_address(address: str) -> bool:
+def is_local_address(address: str) -> bool:
     """Whether this host can bind ``address`` (one of its own interfaces, or a name resolving to one)."""
     try:
         with socket.socket() as s:
@@ -318,7 +318,7 @@ def local_sync_address(configured: Optional[str]) -> str:
         return own
     if configured is None:
         return "127.0.0.1"
-    if _is_local_address(configured):
+    if is_local_address(configured):
         return configured
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from megatron_mmr1.gpu_check import grpo_loss_batch
 from mmr1_kernels import fused_grpo_loss, reference_grpo_loss, reference_logprobs
 
 from ..dist_utils import spawn
@@ -17,18 +18,8 @@ MODES = ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"]
 
 
 def make_batch(B, S, H, V, dtype=torch.float32, seed=0, mask_p=0.7):
-    """Realistic inputs: old/ref log-probs close to the current ones (ratios near 1, both clip branches
-    taken), some fully masked sequences."""
-    g = torch.Generator().manual_seed(seed)
-    x = (torch.randn(B, S, H, generator=g) * 0.5).to(dtype)
-    w = (torch.randn(V, H, generator=g) * 0.5).to(dtype)
-    y = torch.randint(0, V, (B, S), generator=g)
-    with torch.no_grad():
-        lp = reference_logprobs(x, w, y)
-    old = lp + 0.3 * torch.randn(B, S, generator=g)
-    ref = lp + 0.3 * torch.randn(B, S, generator=g)
-    adv = torch.randn(B, 1, generator=g).expand(B, S).contiguous()
-    mask = (torch.rand(B, S, generator=g) < mask_p).float()
+    """Realistic inputs (megatron_mmr1.gpu_check.grpo_loss_batch), plus one fully masked sequence."""
+    x, w, y, old, ref, adv, mask = grpo_loss_batch(B, S, H, V, dtype, seed=seed, mask_p=mask_p)
     if B > 2:
         mask[1] = 0.0  # one sequence without any token
     return x, w, y, old, ref, adv, mask

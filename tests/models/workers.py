@@ -11,8 +11,9 @@ from typing import Optional
 
 import torch
 
-IMAGE_GRIDS = [(1, 12, 16), (1, 8, 8)]  # (t, h, w) patches: 48 and 16 merged tokens, several ViT windows
-SEQ = 96
+from megatron_mmr1.gpu_check import PARITY_SEQ as SEQ
+from megatron_mmr1.gpu_check import parity_batch
+
 
 
 def tiny_dims(tied: bool = False) -> dict:
@@ -33,39 +34,15 @@ def make_hf_checkpoint(out_dir: str | Path, seed: int = 0, tied: bool = False, d
 
 
 def make_batch(case: str, seed: int = 1) -> dict:
-    """Inputs of one test case: 'images' (2 samples, 2 + 1 images of different sizes, right padding)
-    or 'text' (2 samples, no images)."""
+    """Inputs of one test case: 'images' (2 samples, 2 + 1 images of different sizes, right padding: the GPU
+    check's parity batch) or 'text' (2 samples, no images)."""
     dims = tiny_dims()
+    if case != "text":
+        return parity_batch(dims, seed)
     gen = torch.Generator().manual_seed(seed)
-    img, start, end = dims["image_token_id"], dims["vision_start_token_id"], dims["vision_end_token_id"]
-
-    def text(n):
-        return torch.randint(0, 2000, (n,), generator=gen).tolist()
-
-    def image(grid):
-        t, h, w = grid
-        return [start] + [img] * (t * h * w // 4) + [end]
-
-    if case == "text":
-        rows = [text(SEQ), text(SEQ)]
-        grids, lengths = [], [SEQ, SEQ]
-    else:
-        a = text(5) + image(IMAGE_GRIDS[0]) + text(7) + image(IMAGE_GRIDS[1]) + text(SEQ - 5 - 50 - 7 - 18)
-        b = text(3) + image(IMAGE_GRIDS[1]) + text(20)
-        lengths = [len(a), len(b)]
-        rows = [a, b + [dims["bos_token_id"]] * (SEQ - len(b))]
-        grids = [IMAGE_GRIDS[0], IMAGE_GRIDS[1], IMAGE_GRIDS[1]]
+    rows = [torch.randint(0, 2000, (SEQ,), generator=gen).tolist() for _ in range(2)]
     input_ids = torch.tensor(rows)
-    mask = torch.zeros_like(input_ids)
-    for i, n in enumerate(lengths):
-        mask[i, :n] = 1
-    out = {"input_ids": input_ids, "attention_mask": mask}
-    if grids:
-        thw = torch.tensor(grids)
-        n_patches = int(thw.prod(-1).sum())
-        out["pixel_values"] = torch.randn(n_patches, 3 * 2 * 14 * 14, generator=gen)
-        out["image_grid_thw"] = thw
-    return out
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 
 def hf_logits(hf_dir: str | Path, batch: dict) -> torch.Tensor:

@@ -3,32 +3,23 @@
 In a multi-node run every pipeline stage's source rank opens its own update group; the stages on
 nodes other than node 0 cannot bind ``rollout.weight_sync_master_address`` (node 0's address)."""
 
-import socket
 
 import pytest
 
 from megatron_mmr1.config import RolloutConfig
-from megatron_mmr1.rollout.servers import NODE_ADDR_ENV, local_sync_address, make_weight_sender
+from megatron_mmr1.rollout.servers import NODE_ADDR_ENV, is_local_address, local_sync_address, make_weight_sender
 
 OTHER_HOST = "10.255.255.1"  # a private address no interface of this machine has
 
 
-def _bindable(address: str) -> bool:
-    try:
-        with socket.socket() as s:
-            s.bind((address, 0))
-        return True
-    except OSError:
-        return False
-
 
 def test_stage_on_another_node_binds_its_own_address(monkeypatch):
     monkeypatch.delenv(NODE_ADDR_ENV, raising=False)
-    assert not _bindable(OTHER_HOST)
+    assert not is_local_address(OTHER_HOST)
     sender = make_weight_sender(RolloutConfig(weight_sync_master_address=OTHER_HOST), ["http://127.0.0.1:1"])
     try:
         assert sender.master_address != OTHER_HOST
-        assert _bindable(sender.master_address)  # the update group can listen there
+        assert is_local_address(sender.master_address)  # the update group can listen there
     finally:
         sender.close()
 
