@@ -129,3 +129,11 @@ def test_gpu_lock_satisfies_the_gpu_extra_and_megatron_core_pins():
     assert build == [f"transformer-engine-torch=={pins['transformer-engine']}"]
     makefile = (REPO / "Makefile").read_text()
     assert "-r $(GPU_LOCK)" in makefile and "--no-build-isolation" in makefile
+
+
+def test_gpu_check_wheels_are_pinned_to_the_cpu_lock():
+    """The wheels carried to a bare GPU image for `make gpu-check` are the versions the CPU suite tested."""
+    wheels = _pins(REPO / "tools" / "gpu_wheels.txt")
+    lock = _pins(LOCK)
+    assert wheels and "megatron-core" in wheels
+    assert {name: (v, lock.get(name)) for name, v in wheels.items() if lock.get(name) != v} == {}
