@@ -7,7 +7,9 @@ Everything between the socket and the tokenizer manager is SGLang's code: its ro
 pydantic request parsing, ``GenerateReqInput.normalize_batch_and_arguments`` (run by the stub, as
 ``TokenizerManager.generate_request`` runs it first), ``MultiprocessingSerializer`` with its
 restricted unpickler for tensor payloads, ``init_custom_process_group`` for the update group, the
-memory-saver tag rules and the ``ServerArgs`` parser. The stub records what each call parsed to;
+memory-saver tag rules and the ``ServerArgs`` parser. Each ``image_data`` item is loaded with
+SGLang's Qwen2.5-VL image loader (its errors give SGLang's status codes) and recorded as size, mode
+and pixel hash. The stub records what each call parsed to;
 ``GET /_contract/log`` returns the records, ``POST /_contract/server_args`` parses a launch command
 line. Started by ``tests/rollout/test_sglang_contract.py`` (``make env`` installs the wheel into
 ``.venv/sglang-cpu`` with ``--no-deps``).
