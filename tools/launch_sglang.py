@@ -15,7 +15,8 @@ Arguments after ``--`` go to every ``sglang.launch_server`` unchanged. Server i 
 ``[gpu_offset + i*tp, gpu_offset + (i+1)*tp)`` (set through CUDA_VISIBLE_DEVICES). Every server gets
 the run's image pixel limits (``--min-pixels`` / ``--max-pixels``, default the data defaults; SGLang
 reads them from ``--mm-process-config``): without them SGLang resizes with the checkpoint's limits
-and the policy samples from other image tokens than the trainer trains on.
+and the policy samples from other image tokens than the trainer trains on. They also get
+``--image-processor-backend pil``: the trainer resizes with Pillow, SGLang's default with torchvision.
 
 The output is one line per URL (``server <url>`` ..., then ``router <url>``) and, with
 ``--url-file``, a JSON file ``{"servers": [...], "router": url|null, "pids": {...}, "launcher_pid": pid|null}``
@@ -73,7 +74,9 @@ def build_launches(args: argparse.Namespace, extra: list[str]) -> list[Launch]:
             cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", args.model, "--host", host,
                    "--port", str(port), "--tp-size", str(args.tp), "--trust-remote-code",
                    # the trainer's image resize limits, not the checkpoint's (else other image token counts)
-                   "--mm-process-config", json.dumps(mm_process_config(args.min_pixels, args.max_pixels))]
+                   "--mm-process-config", json.dumps(mm_process_config(args.min_pixels, args.max_pixels)),
+                   # resize with Pillow, as the trainer does (the default picks torchvision: other pixels)
+                   "--image-processor-backend", "pil"]
             if args.enable_memory_saver:
                 cmd.append("--enable-memory-saver")
             env = {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus)}

@@ -224,6 +224,19 @@ def decode_rgb(src: ImageSource, spec: Optional[VisionSpec] = None) -> Image.Ima
         raise ImageError(f"cannot decode image {describe(src)}: {e}") from None
 
 
+def normalized_png(src: ImageSource, spec: Optional[VisionSpec] = None) -> tuple[bytes, tuple[int, int]]:
+    """The trainer's decoded image (:func:`decode_rgb`) as lossless PNG bytes, and its (height, width).
+
+    What a rollout server is sent: SGLang's loader ignores EXIF orientation, drops alpha without
+    compositing and may decode JPEG on the GPU (nvJPEG); a plain RGB PNG leaves it nothing to
+    decide, so it sees the trainer's pixels. Level 1 compression: lossless, and fast to encode.
+    """
+    img = decode_rgb(src, spec)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue(), (img.height, img.width)
+
+
 # --------------------------------------------------------------------------------------------------
 # Normalise + patchify (shared by all decoders)
 # --------------------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@
 One ``/generate`` per prompt with ``sampling_params.n`` (SGLang fans it out and shares the prefix),
 ``return_logprob`` so the rollout log-probs are kept for mismatch metrics. Multimodal prompts go
 as ``text`` + ``image_data`` so the server expands image pads with its own processor rules (as
-slime does); text-only prompts with ids go as ``input_ids``.
+slime does); text-only prompts with ids go as ``input_ids``. Images go as the trainer decoded them
+(EXIF-oriented, alpha on white) in PNG ``data:`` URLs: SGLang's loader would skip both steps, and
+reads raw base64 of a JPEG as a file path.
 
 Failure handling: at most ``max_inflight`` requests in flight; each has a timeout of
 ``request_timeout_s + request_timeout_per_token_s * max_new_tokens``; a connection error, timeout or
@@ -28,9 +30,11 @@ without the run's pixel limits (``--mm-process-config``, see ``tools/launch_sgla
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
 import copy
 import logging
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
@@ -39,8 +43,14 @@ import aiohttp
 
 from megatron_mmr1.config import RolloutConfig
 from megatron_mmr1.data.sample import Sample, Status
-from megatron_mmr1.rollout.engine import image_to_base64
-from megatron_mmr1.rollout.protocol import HEALTH_CHECK_TIMEOUT_S, GenerateOutput, SamplingParams, image_data_for
+from megatron_mmr1.data.vision import VisionSpec, normalized_png
+from megatron_mmr1.rollout.protocol import (
+    HEALTH_CHECK_TIMEOUT_S,
+    GenerateOutput,
+    SamplingParams,
+    image_data_for,
+    image_data_url,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +110,49 @@ def sampling_params_from_config(cfg: RolloutConfig, max_new_tokens: int, **overr
     return sp
 
 
-def build_payload(sample: Sample, sp: SamplingParams, return_logprob: bool = True) -> dict:
+def image_source(x: Any) -> Any:
+    """A ``Sample.images`` entry -> what the trainer's decoder opens: a string is a ``data:`` URL, an
+    existing path, or raw base64; anything else (bytes, HF struct, PIL image) is one already."""
+    if not isinstance(x, str):
+        return x
+    if x.startswith("data:"):
+        return base64.b64decode(x.split(",", 1)[1])
+    if os.path.exists(x):
+        return x
+    try:
+        return base64.b64decode(x, validate=True)
+    except ValueError:
+        raise ValueError(f"image {x[:40]!r}... is neither a file nor base64") from None
+
+
+def server_images(sample: Sample, vision: Optional[VisionSpec] = None) -> list[str]:
+    """The prompt's images as SGLang ``image_data``: the trainer's decoded pixels (EXIF-oriented, alpha
+    composited on white) as PNG ``data:`` URLs, so that the server sees what the trainer trains on.
+
+    With ``vision`` (the trainer's pixel limits, as the server got them) each image's patch grid as the
+    server will compute it must equal the trainer's ``sample.image_grid_thw``: a transposed grid keeps
+    the token count, so the prompt-length check would not see it.
+    """
+    encoded, sizes = [], []
+    for x in sample.images:
+        png, hw = normalized_png(image_source(x), vision)
+        encoded.append(image_data_url(png))
+        sizes.append(hw)
+    if vision is not None and sample.image_grid_thw is not None:
+        p = vision.patch_size
+        server = [[1, th // p, tw // p] for th, tw in (vision.target_size(h, w) for h, w in sizes)]
+        trainer = [[int(v) for v in row] for row in sample.image_grid_thw.tolist()]
+        if server != trainer:
+            raise RolloutError(
+                f"sample {sample.index}: the rollout server would see image grids (t, h, w) {server}, the "
+                f"trainer has {trainer}: the trainer's images were decoded differently from what is sent "
+                "(EXIF orientation, data.min_pixels / data.max_pixels)."
+            )
+    return encoded
+
+
+def build_payload(sample: Sample, sp: SamplingParams, return_logprob: bool = True,
+                  vision: Optional[VisionSpec] = None) -> dict:
     """The /generate body for one prompt (SGLang 0.5.23 GenerateReqInput fields)."""
     body: dict[str, Any] = {"sampling_params": sp.to_json(), "return_logprob": return_logprob}
     if sample.metadata.get("sampling_seed") is not None:  # per-prompt seed (reproducible rollouts)
@@ -109,8 +161,7 @@ def build_payload(sample: Sample, sp: SamplingParams, return_logprob: bool = Tru
         if not sample.prompt:
             raise ValueError(f"sample {sample.index}: a multimodal prompt needs its text (sample.prompt)")
         body["text"] = sample.prompt
-        encoded = [x if isinstance(x, str) and not _is_path(x) else image_to_base64(x) for x in sample.images]
-        body["image_data"] = image_data_for(encoded, sp.n)
+        body["image_data"] = image_data_for(server_images(sample, vision), sp.n)
     elif sample.prompt_ids:
         body["input_ids"] = list(sample.prompt_ids)
     elif sample.prompt:
@@ -118,12 +169,6 @@ def build_payload(sample: Sample, sp: SamplingParams, return_logprob: bool = Tru
     else:
         raise ValueError(f"sample {sample.index}: no prompt text or ids")
     return body
-
-
-def _is_path(x: str) -> bool:
-    import os
-
-    return os.path.exists(x)
 
 
 def fill_samples(prompt: Sample, outputs: list[GenerateOutput], group_index: int) -> list[Sample]:
@@ -168,6 +213,7 @@ class RolloutClient:
         health_interval_s: Optional[float] = None,
         backoff_s: float = 0.5,
         max_abort_resubmits: int = 100,
+        vision: Optional[VisionSpec] = None,
     ):
         urls = list(urls if urls is not None else cfg.server_urls)
         if not urls:
@@ -179,6 +225,8 @@ class RolloutClient:
         self.backoff_s = backoff_s
         self.max_abort_resubmits = max_abort_resubmits
         self.stats = RolloutStats()
+        self.vision = vision
+        """The trainer's image spec (``VisionSpec.from_config(cfg.data)``): each image's grid is checked."""
         self._rr = 0
         self._capacity_known = False  # servers' max_running_requests read (once, on the first generate)
 
@@ -208,8 +256,9 @@ class RolloutClient:
             _SLOTS.set({s.url: asyncio.Semaphore(s.capacity) for s in self.servers if s.capacity})
             try:
                 async def one(i: int, p: Sample) -> list[Sample]:
-                    async with sem:
-                        outs = await self._generate_one(session, build_payload(p, sp))
+                    async with sem:  # decode + PNG encode off the event loop (Pillow drops the GIL)
+                        payload = await asyncio.to_thread(build_payload, p, sp, True, self.vision)
+                        outs = await self._generate_one(session, payload)
                     check_prompt_tokens(p, outs)
                     group = fill_samples(p, outs, i)
                     if on_group is not None:

@@ -19,8 +19,10 @@ import os
 import threading
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
+from urllib.parse import unquote, urlparse
 
 import torch
+from PIL import Image
 
 from megatron_mmr1.rollout.protocol import SamplingParams
 from megatron_mmr1.utils.hf_names import to_hub, to_layout
@@ -89,20 +91,31 @@ def checkpoint_to_module_name(name: str) -> str:
     return to_layout(to_hub(name), "nested")
 
 
+IMAGE_PATH_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+"""SGLang's ``image_extension_names``: a string ending in one is read as a file path."""
+
+
 def decode_image_data(item: Any) -> Any:
-    """SGLang ``image_data`` item -> something the image processor opens (path or bytes)."""
+    """SGLang ``image_data`` item -> something the image processor opens (path or bytes).
+
+    SGLang 0.5.23's ``load_image`` rules: ``file://``, a name ending in an image suffix, or a string
+    starting with ``/`` is a file (so raw base64 of a JPEG, ``/9j/...``, is a missing file there
+    and refused here); ``data:...;base64,`` and other strings are base64.
+    """
     if isinstance(item, dict):
         return item
     if not isinstance(item, str):
         raise EngineError(f"image_data item of type {type(item).__name__} is not supported")
-    if item.startswith("data:"):
-        return base64.b64decode(item.split(",", 1)[1])
     if item.startswith(("http://", "https://")):
         raise EngineError("image URLs are not fetched by the stand-in server; send base64 or a path")
-    if os.path.exists(item):
+    if item.startswith("file://"):
+        item = unquote(urlparse(item).path)
+    if item.startswith("/") or item.lower().endswith(IMAGE_PATH_SUFFIXES):
+        if not os.path.isfile(item):
+            raise EngineError(f"image_data item is read as a path, and no such file exists: {item[:40]!r}")
         return item
     try:
-        return base64.b64decode(item, validate=True)
+        return base64.b64decode(item.split(",", 1)[1] if item.startswith("data:") else item, validate=True)
     except Exception:
         raise EngineError(f"image_data item is neither a file nor base64: {item[:40]!r}...") from None
 
@@ -501,7 +514,8 @@ class LocalEngine:
 
 
 def image_to_base64(img_or_path: Any) -> str:
-    """Encode an image (path, bytes or PIL) as SGLang's base64 ``image_data`` string."""
+    """Encode an image (path, bytes or PIL) as-is as a ``data:image/<fmt>;base64,`` ``image_data`` item
+    (raw base64 of a JPEG starts with ``/``, which SGLang reads as a file path)."""
     if isinstance(img_or_path, (bytes, bytearray)):
         raw = bytes(img_or_path)
     elif isinstance(img_or_path, (str, os.PathLike)):
@@ -511,4 +525,6 @@ def image_to_base64(img_or_path: Any) -> str:
         buf = io.BytesIO()
         img_or_path.save(buf, format="PNG")
         raw = buf.getvalue()
-    return base64.b64encode(raw).decode()
+    with Image.open(io.BytesIO(raw)) as img:
+        fmt = (img.format or "png").lower()
+    return f"data:image/{fmt};base64," + base64.b64encode(raw).decode()

@@ -32,11 +32,19 @@ below are theirs. Things of that version a caller must know:
 * ``/health`` runs a one-token generation (``SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION`` defaults on):
   while generation is paused it waits up to ``HEALTH_CHECK_TIMEOUT_S`` and answers 503.
 * Qwen2.5-VL image resizing uses the checkpoint's preprocessor limits unless the server gets
-  ``--mm-process-config '{"image": {...}}'``, whose ``image`` dict goes to the HF image processor.
+  ``--mm-process-config '{"image": {...}}'``, whose ``image`` dict goes to the HF image processor,
+  with torchvision unless the server gets ``--image-processor-backend pil`` (the trainer resizes
+  with Pillow).
+* An ``image_data`` string is read by ``load_image`` (``sglang/srt/utils/common.py``): one starting
+  with ``/`` or ending in ``.png``/``.jpg``/... is a file path, so raw base64 of a JPEG (``/9j/...``)
+  fails with HTTP 500; ``data:image/<fmt>;base64,...`` is unambiguous. The loader ignores EXIF
+  orientation, drops alpha without compositing (``convert("RGB")``) and decodes JPEG with nvJPEG
+  when CUDA is up: the client sends the trainer's decoded image as PNG (:func:`image_data_url`).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
@@ -56,6 +64,11 @@ def mm_process_config(min_pixels: int, max_pixels: int) -> dict:
     ``shortest_edge`` / ``longest_edge`` is that processor's (non-deprecated) name for min/max pixels.
     """
     return {"image": {"size": {"shortest_edge": int(min_pixels), "longest_edge": int(max_pixels)}}}
+
+
+def image_data_url(png: bytes) -> str:
+    """An ``image_data`` item SGLang cannot mistake for a path: a ``data:`` URL of PNG bytes."""
+    return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
 def image_data_for(images: list, n: int) -> list:

@@ -197,6 +197,7 @@ def run(cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
         client = pool = sampler = None
         urls = None
         if rank0:
+            from megatron_mmr1.data.vision import VisionSpec
             from megatron_mmr1.rewards import reward_pool
             from megatron_mmr1.rollout.client import RolloutClient
             from megatron_mmr1.rollout.servers import rollout_servers
@@ -205,7 +206,8 @@ def run(cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
             urls = stack.enter_context(rollout_servers(cfg.rollout, model_dir=cfg.model.hf_path,
                                                        log_dir=f"{cfg.output_dir}/rollout_logs",
                                                        min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels))
-            client = RolloutClient(cfg.rollout, urls, max_new_tokens=cfg.data.max_response_length)
+            client = RolloutClient(cfg.rollout, urls, max_new_tokens=cfg.data.max_response_length,
+                                   vision=VisionSpec.from_config(cfg.data))
             pool = stack.enter_context(reward_pool(cfg.reward))
             score_fn = xp.make_score_fn(dataset, client, cfg.reward, pool, cfg.vps.num_rollouts, cfg.rollout.seed,
                                         seed_key=lambda: sampler.sampler.consumed_batches)

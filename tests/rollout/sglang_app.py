@@ -7,7 +7,9 @@ Everything between the socket and the tokenizer manager is SGLang's code: its ro
 pydantic request parsing, ``GenerateReqInput.normalize_batch_and_arguments`` (run by the stub, as
 ``TokenizerManager.generate_request`` runs it first), ``MultiprocessingSerializer`` with its
 restricted unpickler for tensor payloads, ``init_custom_process_group`` for the update group, the
-memory-saver tag rules and the ``ServerArgs`` parser. The stub records what each call parsed to;
+memory-saver tag rules and the ``ServerArgs`` parser. Each ``image_data`` item is loaded with
+SGLang's Qwen2.5-VL image loader (its errors give SGLang's status codes) and recorded as size, mode
+and pixel hash. The stub records what each call parsed to;
 ``GET /_contract/log`` returns the records, ``POST /_contract/server_args`` parses a launch command
 line. Started by ``tests/rollout/test_sglang_contract.py`` (``make env`` installs the wheel into
 ``.venv/sglang-cpu`` with ``--no-deps``).
@@ -100,6 +102,31 @@ def tensor_digest(t) -> dict:
     return {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""), "sum": float(t.double().sum())}
 
 
+def _as_list(image_data: Any) -> list:
+    return [] if image_data is None else image_data if isinstance(image_data, list) else [image_data]
+
+
+def image_digest(img) -> dict:
+    """Size, mode and a hash of the pixels of a decoded PIL image."""
+    import hashlib
+
+    import numpy as np
+
+    return {"size": [img.width, img.height], "mode": img.mode,
+            "sha256": hashlib.sha256(np.ascontiguousarray(np.asarray(img)).tobytes()).hexdigest()}
+
+
+def load_image_digest(item: Any) -> dict:
+    """One ``image_data`` item through SGLang's Qwen2.5-VL loader (``_load_single_item``: ``load_image``,
+    then ``convert("RGB")``), as its tokenizer manager loads it before the HF image processor. A
+    client-media error is a ValueError (HTTP 400); anything else, e.g. base64 read as a missing file,
+    a RuntimeError (HTTP 500)."""
+    from sglang.srt.managers.schedule_batch import Modality
+    from sglang.srt.multimodal.processors.qwen_vl import QwenVLImageProcessor
+
+    return image_digest(QwenVLImageProcessor._load_single_item(item, Modality.IMAGE))
+
+
 class StubTokenizerManager:
     """The attributes and coroutines http_server.py reaches on its tokenizer manager."""
 
@@ -134,6 +161,7 @@ class StubTokenizerManager:
             yield {}
             return
         subs = [obj] if obj.is_single else [obj[i] for i in range(len(obj.rid))]
+        decoded = [[load_image_digest(x) for x in _as_list(s.image_data)] for s in subs]  # may raise, as SGLang
         per_request = [{
             "text": s.text, "input_ids": s.input_ids, "sampling_params": s.sampling_params,
             "return_logprob": s.return_logprob,
@@ -141,7 +169,8 @@ class StubTokenizerManager:
                 x if isinstance(x, str) else repr(x)
                 for x in (s.image_data if isinstance(s.image_data, list) else [s.image_data])
             ],
-        } for s in subs]
+            "decoded": d,
+        } for s, d in zip(subs, decoded)]
         self.log.append({"endpoint": "/generate", "is_single": obj.is_single, "requests": per_request})
         outs = [self._output(s) for s in subs]
         yield outs[0] if obj.is_single else outs

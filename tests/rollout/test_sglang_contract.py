@@ -12,6 +12,7 @@ The same generate bodies go to the CPU stand-in server, which must accept and re
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import requests
 import torch
@@ -27,8 +29,9 @@ from PIL import Image
 
 from megatron_mmr1.config import RolloutConfig
 from megatron_mmr1.data.sample import Sample
+from megatron_mmr1.data.vision import PillowImageProcessor, VisionSpec, decode_rgb, normalized_png
 from megatron_mmr1.rollout.client import RolloutClient
-from megatron_mmr1.rollout.protocol import mm_process_config
+from megatron_mmr1.rollout.protocol import image_data_url, mm_process_config
 from megatron_mmr1.rollout.weight_sync import DiskWeightSender, DistributedWeightSender, TensorWeightSender
 from megatron_mmr1.utils.net import free_port, wait_healthy
 from tests.rollout.helpers import ROOT
@@ -71,6 +74,54 @@ def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
+def _gradient(size=(40, 24), mode="RGB") -> Image.Image:
+    """Pixels that differ everywhere, so a rotation or a dropped alpha changes them."""
+    w, h = size
+    img = Image.new(mode, size)
+    img.putdata([(7 * x % 256, 11 * y % 256, (x * y) % 256, (255 * x) // w)[:len(mode)]
+                 for y in range(h) for x in range(w)])
+    return img
+
+
+def _jpeg(size=(40, 24), orientation: int = 1) -> bytes:
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    _gradient(size).save(buf, format="JPEG", quality=90, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def _image_kinds() -> dict[str, bytes]:
+    """JPEG (raw base64 starts with "/"), EXIF-rotated JPEG and PNG, RGBA with half-transparent pixels."""
+    rotated_png, rgba = io.BytesIO(), io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    _gradient((36, 20)).save(rotated_png, format="PNG", exif=exif.tobytes())
+    _gradient((30, 22), "RGBA").save(rgba, format="PNG")
+    return {"jpeg": _jpeg(), "jpeg_exif_rotated": _jpeg((44, 28), 6), "png_exif_rotated": rotated_png.getvalue(),
+            "png_rgba": rgba.getvalue()}
+
+
+@pytest.mark.parametrize("kind", sorted(_image_kinds()))
+def test_images_reach_sglang_as_the_trainer_decodes_them(sglang_app, kind):
+    """What SGLang's own Qwen2.5-VL loader decodes from the client's ``image_data`` is the trainer's
+    image: same size, orientation and pixels. Raw base64 got HTTP 500 for every JPEG (read as a file
+    path); the loader ignores EXIF orientation and drops alpha, so the trainer's decode is sent."""
+    raw = _image_kinds()[kind]
+    spec = VisionSpec()
+    trainer = PillowImageProcessor(spec)([raw])
+    prompt = Sample(index=0, prompt=f"see {PAD}", images=[raw], prompt_ids=[], image_grid_thw=trainer.image_grid_thw)
+    before = len(sglang_app.state()["log"])
+    client = RolloutClient(RolloutConfig(n=1, max_retries=0), [sglang_app.url], max_new_tokens=2, vision=spec)
+    (out,) = client.generate([prompt])
+    assert out.response_ids == [5, 6]
+    (rec,) = [e for e in _new_entries(sglang_app, before) if e["endpoint"] == "/generate"]
+    (decoded,) = rec["requests"][0]["decoded"]
+    want = decode_rgb(raw)
+    assert decoded["size"] == [want.width, want.height]
+    assert decoded["sha256"] == hashlib.sha256(np.asarray(want).tobytes()).hexdigest()
+
+
 def _new_entries(app, before: int) -> list[dict]:
     return app.state()["log"][before:]
 
@@ -103,7 +154,7 @@ def test_generate_bodies_parse_to_what_we_meant(sglang_app, n):
                 assert req["input_ids"] == p.prompt_ids and req["text"] is None
             else:
                 assert req["text"] == p.prompt
-            assert (req["images"] or []) == [_b64(x) for x in p.images]
+            assert (req["images"] or []) == [image_data_url(normalized_png(x)[0]) for x in p.images]
             assert req["return_logprob"] is True
             assert {k: req["sampling_params"][k] for k in ("max_new_tokens", "temperature", "top_p", "top_k", "n")} \
                 == {"max_new_tokens": 7, "temperature": 0.7, "top_p": 0.9, "top_k": 20, "n": n}
@@ -198,14 +249,18 @@ def test_launch_command_lines_parse_with_sglang_server_args(sglang_app):
     assert r.status_code == 200, r.text
     parsed = r.json()
     assert parsed["mm_process_config"] == mm_process_config(7056, 1048576)
+    assert parsed["image_processor_backend"] == "pil"  # Pillow resize, as the trainer's (default: torchvision)
     assert (parsed["model_path"], parsed["tp_size"], parsed["port"], parsed["enable_memory_saver"],
             parsed["trust_remote_code"], parsed["mem_fraction_static"]) == ("/ckpt/qwen", 2, 30010, True, True, 0.6)
 
 
 def test_stand_in_accepts_and_refuses_what_sglang_does(sglang_app, servers):
     a, b = _b64(_png()), _b64(_png((30, 30)))
+    jpeg = _jpeg()
     sp = lambda n=1: {"max_new_tokens": 2, "n": n}  # noqa: E731
     bodies = [
+        {"text": f"x {PAD}", "image_data": [_b64(jpeg)], "sampling_params": sp()},           # raw JPEG: a path
+        {"text": f"x {PAD}", "image_data": [image_data_url(jpeg)], "sampling_params": sp()},  # data: URL
         {"text": f"x {PAD}{PAD}", "image_data": [a, b], "sampling_params": sp()},             # single: flat
         {"text": f"x {PAD}{PAD}", "image_data": [a, b], "sampling_params": sp(2)},            # n>1: flat refused
         {"text": f"x {PAD}{PAD}", "image_data": [[a, b]], "sampling_params": sp(2)},          # n>1: per prompt
@@ -267,3 +322,20 @@ def test_cuda_ipc_handle_names_the_gpu_by_uuid():
     r = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=sglang_env(), cwd=str(ROOT),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "uuid" in r.stdout, r.stderr[-3000:]
+
+
+def test_a_transposed_image_grid_stops_the_prompt_before_it_is_sent():
+    """A trainer grid (t, h, w) other than the one the server will compute from the sent image stops
+    the prompt: a transposed grid (EXIF applied on one side only) keeps the token count, so the
+    prompt-length check cannot see it."""
+    from megatron_mmr1.rollout.client import RolloutError, build_payload
+    from megatron_mmr1.rollout.protocol import SamplingParams
+
+    raw, spec = _jpeg((44, 28), orientation=6), VisionSpec()
+    grid = PillowImageProcessor(spec)([raw]).image_grid_thw
+    assert grid.tolist() == [[1, 8, 6]]  # displayed 28 wide, 44 high
+    sample = Sample(index=3, prompt=f"x {PAD}", images=[raw], image_grid_thw=grid[:, [0, 2, 1]])
+    with pytest.raises(RolloutError, match=r"image grids \(t, h, w\) \[\[1, 8, 6\]\], the trainer has \[\[1, 6, 8\]\]"):
+        build_payload(sample, SamplingParams(n=1), vision=spec)
+    sample.image_grid_thw = grid
+    assert build_payload(sample, SamplingParams(n=1), vision=spec)["image_data"][0].startswith("data:image/png;base64,")
