@@ -19,7 +19,10 @@ and renames to Hugging Face checkpoint names; only the sender rank (DP=0, TP=0, 
   travel as CUDA IPC handles pickled with SGLang's ``monkey_patch_torch_reductions`` (the handle
   names the GPU by UUID, so a server with its own ``CUDA_VISIBLE_DEVICES`` opens the right one) and
   wrapped in ``LocalSerializedTensor`` per TP rank; on CPU as shared memory, which the stand-in
-  server reads the same way.
+  server reads the same way. An engine of TP > 1 needs handles from the trainer rank on each of its
+  GPUs: ``update(..., group=)`` gathers every rank's own (``gather_tp_payload``, SGLang's
+  ``weight_sync.utils.update_weights``); config validation refuses colocated TP > 1 servers until a
+  GPU has run it.
 
 With ``pause_mode="in_place"`` requests stay inside the server, where ``/flush_cache`` answers 400:
 the senders then skip the flush (``flush_cache=False``), as SGLang's own in-place path does.
