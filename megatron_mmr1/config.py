@@ -148,6 +148,10 @@ class RolloutConfig:
     """Top-k sampling (-1 = off)."""
     max_inflight: int = 256
     """Concurrent /generate requests across all servers."""
+    max_running_requests: Optional[int] = None
+    """Requests one server decodes at once (the launchers pass it as SGLang's --max-running-requests); the client queues the rest. A server's own /get_server_info value wins; None with none there: no per-server limit."""
+    server_tp: Optional[int] = None
+    """SGLang servers' tensor-parallel size (the launchers pass the plan's server_tp); None = not stated."""
     request_timeout_s: float = 60.0
     """Per-request timeout before retrying on another server: this base plus request_timeout_per_token_s * max_new_tokens."""
     request_timeout_per_token_s: float = 0.05
@@ -169,7 +173,7 @@ class RolloutConfig:
     pause_mode: Literal["abort", "retract", "in_place"] = "abort"
     """SGLang /pause_generation mode around weight updates (aborted requests are resubmitted)."""
     seed: Optional[int] = None
-    """Per-prompt sampling seeds from (seed, step, prompt): reproducible rollouts (stand-in/tests; None on SGLang with n > 1)."""
+    """Per-prompt sampling seeds from (seed, step, prompt): reproducible rollouts on the stand-in (rollout.backend=local; refused with sglang)."""
     health_interval_s: float = 2.0
     """Seconds between /health probes of a server marked down."""
 
@@ -609,6 +613,11 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None, nnodes: Optional[
         _check(cfg.rollout.n >= 1, f"rollout.n={cfg.rollout.n} must be >= 1")
         _check_pipeline_sync(cfg)
         _check_colocate_nodes(cfg, nnodes)
+        _check_colocate_server_tp(cfg)
+        _check(not (cfg.rollout.colocate and t.async_rollout),
+               "training.async_rollout=true with rollout.colocate=true: colocated servers release their memory "
+               "while the trainer runs, so the next step's rollouts would stall; set one of them to false")
+        _check_sglang_seed(cfg)
 
     _check(0.0 <= cfg.sampler.lam <= 1.0, f"sampler.lam={cfg.sampler.lam} must be in [0, 1]")
     _check(0.0 <= cfg.vps.momentum < 1.0, f"vps.momentum={cfg.vps.momentum} must be in [0, 1)")
@@ -655,6 +664,26 @@ def _check_colocate_nodes(cfg: RunConfig, nnodes: Optional[int]) -> None:
         raise ConfigError(f"rollout.colocate=true on {nnodes} nodes: the CUDA-IPC weight sync is sent from one rank "
                           "and cannot reach servers on other nodes; use one node, or rollout.colocate=false "
                           "(rollout.weight_sync=distributed)")
+
+
+def _check_colocate_server_tp(cfg: RunConfig) -> None:
+    """SGLang's TP rank r loads ``serialized_named_tensors[r]``, handles that a trainer rank on rank r's GPU
+    must have made; the per-rank payload (weight_sync.gather_tp_payload) is built but not proven on GPUs yet."""
+    r = cfg.rollout
+    if r.colocate and r.server_tp is not None and r.server_tp > 1:
+        raise ConfigError(f"rollout.colocate=true with rollout.server_tp={r.server_tp}: colocated weight sync "
+                          "supports server TP 1 only until the per-rank CUDA-IPC payload is proven on GPUs; "
+                          "use rollout.server_tp=1 or rollout.colocate=false")
+
+
+def _check_sglang_seed(cfg: RunConfig) -> None:
+    """SGLang copies a request's sampling params to each of its n samples (one ``sampling_seed``, n identical
+    responses) and reads the seed only under --enable-deterministic-inference (checked at SGLang 0.5.23);
+    VAS scoring asks for vps.num_rollouts >= 2 samples per prompt, so seeds cannot be per sample there."""
+    r = cfg.rollout
+    _check(not (r.seed is not None and r.backend == "sglang"),
+           f"rollout.seed={r.seed} with rollout.backend=sglang: SGLang gives all n samples of a prompt one "
+           "sampling_seed (identical responses); set rollout.seed=null (seeds are for rollout.backend=local)")
 
 
 def _check_standin_sync(cfg: RunConfig) -> None:

@@ -193,3 +193,27 @@ def test_colocate_across_nodes_is_refused_with_the_key():
     with pytest.raises(ConfigError, match=r"^rollout.colocate=true on 2 nodes"):
         load_config(None, base, nnodes=2)
     load_config(None, base[:1] + ["rollout.colocate=false"], nnodes=2)
+
+
+def test_colocate_with_server_tp_above_1_is_refused_with_the_keys():
+    """SGLang's TP rank r opens serialized_named_tensors[r]: the per-rank payload is not proven on GPUs yet."""
+    base = ["training.mode=grpo", "rollout.colocate=true", "rollout.backend=sglang"]
+    load_config(None, [*base, "rollout.server_tp=1"])
+    with pytest.raises(ConfigError, match=r"^rollout.colocate=true with rollout.server_tp=2: .*rollout.server_tp=1 "
+                                          r"or rollout.colocate=false"):
+        load_config(None, [*base, "rollout.server_tp=2"])
+    load_config(None, [*base[:1], "rollout.colocate=false", "rollout.server_tp=2"])
+
+
+def test_colocate_with_async_rollout_is_refused():
+    """Colocated servers release their memory while the trainer runs: an overlapped rollout would stall."""
+    with pytest.raises(ConfigError, match=r"^training.async_rollout=true with rollout.colocate=true"):
+        load_config(None, ["training.mode=grpo", "rollout.colocate=true", "training.async_rollout=true"])
+    load_config(None, ["training.mode=grpo", "rollout.colocate=false", "training.async_rollout=true"])
+
+
+def test_rollout_seed_on_sglang_is_refused():
+    """SGLang copies one sampling_seed to all n samples of a prompt (identical responses)."""
+    with pytest.raises(ConfigError, match=r"^rollout.seed=7 with rollout.backend=sglang"):
+        load_config(None, ["training.mode=grpo", "rollout.backend=sglang", "rollout.seed=7"])
+    assert load_config(None, ["training.mode=grpo", "rollout.backend=local", "rollout.seed=7"]).rollout.seed == 7

@@ -79,11 +79,14 @@ def build_launches(args: argparse.Namespace, extra: list[str]) -> list[Launch]:
                    "--image-processor-backend", "pil"]
             if args.enable_memory_saver:
                 cmd.append("--enable-memory-saver")
+            if args.max_running_requests is not None:  # else SGLang sizes it and /get_server_info reports None
+                cmd += ["--max-running-requests", str(args.max_running_requests)]
             env = {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus)}
             launches.append(Launch(f"server{i}", cmd + list(extra), f"http://{url_host}:{port}", env))
         else:
+            running = [] if args.max_running_requests is None else ["--max-running-requests", str(args.max_running_requests)]
             launches.append(standin_launch(args.model, port, host, f"server{i}", url_host=url_host, extra=[
-                "--min-pixels", str(args.min_pixels), "--max-pixels", str(args.max_pixels), *extra]))
+                "--min-pixels", str(args.min_pixels), "--max-pixels", str(args.max_pixels), *running, *extra]))
     if args.router_port is not None:
         rport = _ports(host, args.router_port, 1)[0] if args.find_free_ports else args.router_port
         prom = args.router_prometheus_port
@@ -121,6 +124,9 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, li
                     help="image resize lower bound: the run's data.min_pixels (passed as --mm-process-config)")
     ap.add_argument("--max-pixels", type=int, default=DataConfig.max_pixels,
                     help="image resize upper bound: the run's data.max_pixels")
+    ap.add_argument("--max-running-requests", type=int, default=None,
+                    help="requests one server decodes at once: the run's rollout.max_running_requests (the client "
+                         "admits as many; SGLang reports its own choice as None)")
     ap.add_argument("--timeout-s", type=float, default=900.0, help="health wait per process")
     ap.add_argument("--log-dir", default="outputs/sglang_logs")
     ap.add_argument("--url-file", default=None, help="JSON with the URLs and pids (read by `stop`)")

@@ -38,6 +38,17 @@ plan=$($PYTHON tools/plan_cluster.py --config "$CONFIG" --shell model.hf_path="$
     || die "no layout for $CONFIG (tools/plan_cluster.py said why above; without --shell it shows the plan)"
 eval "$plan"
 [ "$NNODES" = "$PLAN_NODES" ] || die "$CONFIG is planned for $PLAN_NODES node(s), NNODES=$NNODES"
+# The run's own settings the servers must share (image pixel limits, admission limit), read from the config
+# validated with this layout's node count and server TP (refusals name the key before anything starts).
+run_args=$($PYTHON -c '
+import shlex, sys
+from megatron_mmr1.config import load_config
+c = load_config(sys.argv[1], sys.argv[3:], nnodes=int(sys.argv[2]))
+print(" ".join(shlex.quote(a) for a in ["--min-pixels", str(c.data.min_pixels), "--max-pixels", str(c.data.max_pixels)]
+      + (["--max-running-requests", str(c.rollout.max_running_requests)] if c.rollout.max_running_requests else [])))
+'  "$CONFIG" "$PLAN_NODES" model.hf_path="$MODEL" rollout.server_tp="$PLAN_SERVER_TP" "$@") \
+    || die "$CONFIG does not validate for this layout (the reason is above)"
+eval "server_run_args=($run_args)"
 
 url_file() { echo "$RUN_DIR/urls/node$1.json"; }
 servers_here=0
@@ -54,7 +65,8 @@ if [ "$servers_here" = 1 ]; then
     mkdir -p "$RUN_DIR/urls"
     args=(--model "$MODEL" --num-servers "$PLAN_SERVERS_PER_NODE" --tp "$PLAN_SERVER_TP"
           --gpu-offset "$PLAN_SERVER_GPU_OFFSET" --host 0.0.0.0 --advertise-host "$ADVERTISE_HOST"
-          --router-port "$ROUTER_PORT" --url-file "$mine" --log-dir "$RUN_DIR/sglang_logs/node$NODE_RANK")
+          --router-port "$ROUTER_PORT" --url-file "$mine" --log-dir "$RUN_DIR/sglang_logs/node$NODE_RANK"
+          "${server_run_args[@]}")
     if [ "$PLAN_COLOCATE" = 1 ]; then args+=(--enable-memory-saver); fi
     # launch_sglang stays in the foreground of its own process: killing it stops its servers and router.
     if [ "$DRY_RUN" = 1 ]; then
@@ -86,7 +98,7 @@ if [ "$trainer_here" = 1 ]; then
     rc=0
     run env NNODES="$PLAN_TRAINER_NODES" NODE_RANK="$NODE_RANK" GPUS_PER_NODE="$PLAN_TRAINER_GPUS_PER_NODE" \
         MASTER_ADDR="$MASTER_ADDR" MMR1_NODE_ADDR="$NODE_ADDR" bash examples/launch/torchrun_multinode.sh "$CONFIG" model.hf_path="$MODEL" \
-        rollout.backend=sglang rollout.server_urls="$urls" rollout.weight_sync_master_address="$MASTER_ADDR" "$@" \
+        rollout.backend=sglang rollout.server_urls="$urls" rollout.weight_sync_master_address="$MASTER_ADDR" rollout.server_tp="$PLAN_SERVER_TP" "$@" \
         || rc=$?
     if [ "$NODE_RANK" = 0 ] && [ "$DRY_RUN" != 1 ]; then echo "$rc" > "$RUN_DIR/trainer.rc"; fi
     exit "$rc"

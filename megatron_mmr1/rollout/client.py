@@ -86,8 +86,9 @@ class ServerState:
     failures: int = 0
     last_error: str = ""
     capacity: Optional[int] = None
-    """Requests the server decodes at once (SGLang's ``max_running_requests`` from /get_server_info);
-    more are queued here, so that a request's timeout measures the server's work, not the queue."""
+    """Requests the server decodes at once (SGLang's ``max_running_requests`` from /get_server_info, else
+    ``rollout.max_running_requests``); more are queued here, so that a request's timeout measures the
+    server's work, not the queue."""
 
 
 @dataclass
@@ -319,14 +320,16 @@ class RolloutClient:
         return cands[self._rr % len(cands)]
 
     async def _capacities(self, session: aiohttp.ClientSession) -> None:
-        """Each server's ``max_running_requests`` (from /get_server_info), asked once per client."""
+        """Each server's ``max_running_requests`` (from /get_server_info), asked once per client. SGLang reports
+        None there unless started with --max-running-requests: a server that answers without one gets
+        ``rollout.max_running_requests``."""
 
         async def ask(s: ServerState) -> None:
             try:
                 async with session.get(s.url + "/get_server_info", timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)) as r:
-                    info = await r.json(content_type=None) if r.status == 200 else {}
+                    info = await r.json(content_type=None) if r.status == 200 else None
                 cap = info.get("max_running_requests") if isinstance(info, dict) else None
-                s.capacity = int(cap) if cap else None
+                s.capacity = int(cap) if cap else (self.cfg.max_running_requests if isinstance(info, dict) else None)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, TypeError):
                 s.capacity = None  # a router or an old server: no admission limit here
 

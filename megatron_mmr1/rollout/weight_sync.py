@@ -19,7 +19,10 @@ and renames to Hugging Face checkpoint names; only the sender rank (DP=0, TP=0, 
   travel as CUDA IPC handles pickled with SGLang's ``monkey_patch_torch_reductions`` (the handle
   names the GPU by UUID, so a server with its own ``CUDA_VISIBLE_DEVICES`` opens the right one) and
   wrapped in ``LocalSerializedTensor`` per TP rank; on CPU as shared memory, which the stand-in
-  server reads the same way.
+  server reads the same way. An engine of TP > 1 needs handles from the trainer rank on each of its
+  GPUs: ``update(..., group=)`` gathers every rank's own (``gather_tp_payload``, SGLang's
+  ``weight_sync.utils.update_weights``); config validation refuses colocated TP > 1 servers until a
+  GPU has run it.
 
 With ``pause_mode="in_place"`` requests stay inside the server, where ``/flush_cache`` answers 400:
 the senders then skip the flush (``flush_cache=False``), as SGLang's own in-place path does.
@@ -492,40 +495,81 @@ def patch_cuda_ipc_reductions() -> None:
     monkey_patch_torch_reductions()
 
 
-def serialize_named_tensors(named: list[tuple[str, torch.Tensor]], tp_size: int = 1) -> list[str]:
-    """``serialized_named_tensors`` of /update_weights_from_tensor: one base64 string per engine TP rank.
+def _dumps(obj: Any) -> str:
+    """Pickle with torch's ForkingPickler, base64: CUDA tensors become IPC handles, CPU tensors shared memory.
 
-    Tensors are pickled with torch's ForkingPickler: CUDA tensors become IPC handles, CPU tensors
-    move to shared memory; the receiving process maps them without copying through HTTP. With
-    SGLang installed each tensor is wrapped in its ``LocalSerializedTensor`` (one entry per TP rank),
-    as ``sglang.srt.weight_sync.utils.update_weights`` does.
+    CPU tensors are shared by shared-memory file name: the default "file_descriptor" strategy passes
+    fds through multiprocessing's resource sharer, which only trusts processes with the sender's
+    authkey (its children), not an independently started server.
     """
     from multiprocessing.reduction import ForkingPickler
 
     import torch.multiprocessing  # noqa: F401  (registers torch's reductions)
 
+    strategy = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    try:
+        buf = io.BytesIO()
+        ForkingPickler(buf).dump(obj)
+    finally:
+        torch.multiprocessing.set_sharing_strategy(strategy)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def serialize_named_tensors(named: list[tuple[str, torch.Tensor]], tp_size: int = 1) -> list[str]:
+    """``serialized_named_tensors`` of /update_weights_from_tensor for an engine of TP 1, from this rank.
+
+    The receiving process maps the tensors without copying them through HTTP. With SGLang installed
+    each tensor is wrapped in its ``LocalSerializedTensor``, as ``sglang.srt.weight_sync.utils.update_weights``
+    does. An engine of TP > 1 needs one handle set per TP rank, each made by the trainer rank on that
+    rank's GPU (SGLang's rank r opens only entry r): :func:`gather_tp_payload`, not this.
+    """
+    if tp_size != 1:
+        raise WeightSyncError(f"one trainer rank cannot serve an engine of TP {tp_size}: its TP rank r loads "
+                              "serialized_named_tensors[r], handles made on rank r's GPU; use gather_tp_payload")
     if any(t.is_cuda for _, t in named):
         patch_cuda_ipc_reductions()
-
-    def dumps(obj: Any) -> str:
-        # CPU tensors: share by shared-memory file name. The default "file_descriptor" strategy
-        # passes fds through multiprocessing's resource sharer, which only trusts processes with
-        # the sender's authkey (its children), not an independently started server.
-        strategy = torch.multiprocessing.get_sharing_strategy()
-        torch.multiprocessing.set_sharing_strategy("file_system")
-        try:
-            buf = io.BytesIO()
-            ForkingPickler(buf).dump(obj)
-        finally:
-            torch.multiprocessing.set_sharing_strategy(strategy)
-        return base64.b64encode(buf.getvalue()).decode()
-
     types = _sglang_tensor_types()
     if types is not None:
         local_cls, _ = types
-        per_tensor = [(n, local_cls(values=[dumps(t)] * tp_size)) for n, t in named]
-        return [dumps(per_tensor)] * tp_size
-    return [dumps(named)] * tp_size
+        return [_dumps([(n, local_cls(values=[_dumps(t)])) for n, t in named])]
+    return [_dumps(named)]
+
+
+def serialize_rank_tensors(named: list[tuple[str, torch.Tensor]]) -> list[tuple[str, str]]:
+    """This trainer rank's own tensors, each pickled on its own (SGLang's ``named_tensors_batch``): the
+    values that engine TP rank r, on this rank's GPU, opens from every ``LocalSerializedTensor``."""
+    if any(t.is_cuda for _, t in named):
+        patch_cuda_ipc_reductions()
+    return [(n, _dumps(t.detach())) for n, t in named]
+
+
+def tp_payload(per_rank: Sequence[list[tuple[str, str]]]) -> list[str]:
+    """``serialized_named_tensors`` for an engine of ``len(per_rank)`` TP ranks from every rank's
+    :func:`serialize_rank_tensors` (in engine TP rank order): per tensor one ``LocalSerializedTensor``
+    whose value r is rank r's, and one copy of the list per TP rank, as SGLang's ``update_weights`` builds it."""
+    types = _sglang_tensor_types()
+    if types is None:
+        raise WeightSyncError(f"an engine of TP {len(per_rank)} reads SGLang's LocalSerializedTensor: install "
+                              f"sglang=={P.SGLANG_VERSION_CHECKED} (the gpu extra) in the trainer")
+    local_cls, _ = types
+    names = [[n for n, _ in rank] for rank in per_rank]
+    if any(ns != names[0] for ns in names):
+        raise WeightSyncError("trainer ranks serialized different tensors for one engine: "
+                              + "; ".join(f"rank {r}: {ns[:3]}..." for r, ns in enumerate(names)))
+    named = [(group[0][0], local_cls(values=[v for _, v in group])) for group in zip(*per_rank)]
+    return [_dumps(named)] * len(per_rank)
+
+
+def gather_tp_payload(named: list[tuple[str, torch.Tensor]], group: dist.ProcessGroup) -> Optional[list[str]]:
+    """Collective over ``group`` (the trainer ranks on one engine's GPUs, group rank r on TP rank r's GPU):
+    each rank serializes its own tensors, group rank 0 gets the engine's ``serialized_named_tensors``
+    (None elsewhere). The tensors must stay alive until the engine has loaded them."""
+    mine = serialize_rank_tensors(named)
+    rank, size = dist.get_rank(group), dist.get_world_size(group)
+    gathered: Optional[list] = [None] * size if rank == 0 else None
+    dist.gather_object(mine, gathered, group=group, group_dst=0)
+    return tp_payload(gathered) if gathered is not None else None
 
 
 class TensorWeightSender:
@@ -564,13 +608,24 @@ class TensorWeightSender:
             self.released = (self.released or set()) - set(tags)
 
     def update(self, named: NamedTensors, weight_version: Optional[str] = None,
-               before_kv: Optional[Callable[[], None]] = None) -> SyncStats:
+               before_kv: Optional[Callable[[], None]] = None,
+               group: Optional[dist.ProcessGroup] = None) -> SyncStats:
         """After training: resume weights, push buckets, resume the rest of what release() freed
         (KV cache, CUDA graphs), then continue generation (slime's order).
 
         ``before_kv`` runs after the weights are in and before the KV cache comes back (the trainer
         offloads its own state there). Without a preceding release() only the update runs.
+
+        ``group``: an engine of TP > 1 (``engine_tp_size``); every trainer rank on its GPUs calls
+        ``update`` with its own full tensors (group rank r on TP rank r's GPU), group rank 0 (whose
+        ``urls`` name the engine) posts the gathered per-rank payload (:func:`gather_tp_payload`).
         """
+        if group is not None:
+            if dist.get_world_size(group) != self.engine_tp_size:
+                raise WeightSyncError(f"engine TP {self.engine_tp_size} needs a group of as many trainer ranks, "
+                                      f"got {dist.get_world_size(group)}")
+            if dist.get_rank(group) != 0:
+                return self._share_tp(named, group)
         self.version += 1
         version = weight_version or str(self.version)
         stats, t0 = SyncStats(), time.perf_counter()
@@ -585,20 +640,50 @@ class TensorWeightSender:
         with _PausedGeneration(self.calls, True, self.pause_mode, flush_wait_s=60.0, before_continue=resume_rest):
             for bucket in bucket_named_tensors(named, self.bucket_bytes):
                 keep = [(n, t.detach().contiguous()) for n, t in bucket]  # alive until the server has read them
-                def body() -> dict:
-                    return P.to_json(P.UpdateWeightsFromTensorReqInput(
-                        serialized_named_tensors=serialize_named_tensors(keep, self.engine_tp_size),
-                        flush_cache=flushes(self.pause_mode), weight_version=version))
+                if group is not None:
+                    payload = gather_tp_payload(keep, group)
+                    error: Optional[str] = None
+                    try:
+                        self.calls.all("/update_weights_from_tensor", P.to_json(P.UpdateWeightsFromTensorReqInput(
+                            serialized_named_tensors=payload, flush_cache=flushes(self.pause_mode),
+                            weight_version=version)))
+                    except BaseException as e:
+                        error = f"{type(e).__name__}: {e}"
+                        raise
+                    finally:  # the other ranks keep their tensors until the engine has loaded them
+                        dist.broadcast_object_list([error], group=group, group_src=0)
+                else:
+                    def body() -> dict:
+                        return P.to_json(P.UpdateWeightsFromTensorReqInput(
+                            serialized_named_tensors=serialize_named_tensors(keep, self.engine_tp_size),
+                            flush_cache=flushes(self.pause_mode), weight_version=version))
 
-                if keep and keep[0][1].is_cuda:
-                    self.calls.all("/update_weights_from_tensor", body())
-                else:  # CPU shared memory is unlinked once a receiver maps it: one handle set per server
-                    for url in self.calls.urls:
-                        self.calls.call(url, "/update_weights_from_tensor", body())
+                    if keep and keep[0][1].is_cuda:
+                        self.calls.all("/update_weights_from_tensor", body())
+                    else:  # CPU shared memory is unlinked once a receiver maps it: one handle set per server
+                        for url in self.calls.urls:
+                            self.calls.call(url, "/update_weights_from_tensor", body())
                 stats.buckets += 1
                 stats.tensors += len(keep)
                 stats.bytes += sum(t.numel() * t.element_size() for _, t in keep)
         self.released = None
+        stats.seconds = time.perf_counter() - t0
+        return stats
+
+    def _share_tp(self, named: NamedTensors, group: dist.ProcessGroup) -> SyncStats:
+        """A group rank other than 0: hand this rank's tensors to group rank 0, bucket by bucket (the same
+        buckets, the tensors being the same), each kept alive until the engine has loaded it."""
+        stats, t0 = SyncStats(), time.perf_counter()
+        for bucket in bucket_named_tensors(named, self.bucket_bytes):
+            keep = [(n, t.detach().contiguous()) for n, t in bucket]
+            gather_tp_payload(keep, group)
+            result: list = [None]
+            dist.broadcast_object_list(result, group=group, group_src=0)
+            if result[0] is not None:
+                raise WeightSyncError(f"engine TP rank 0's sender failed: {result[0]}")
+            stats.buckets += 1
+            stats.tensors += len(keep)
+            stats.bytes += sum(t.numel() * t.element_size() for _, t in keep)
         stats.seconds = time.perf_counter() - t0
         return stats
 

@@ -36,26 +36,34 @@ def test_overrides_still_apply(name):
 ALL_CONFIGS = sorted(CONFIGS.glob("*.yaml"))
 
 
-def _cluster_nodes(path: Path) -> int:
-    """The node count of the config's `# cluster: nodes=N ...` comment (the launch scripts read it too); 1 if none."""
+def _cluster(path: Path) -> dict[str, int]:
+    """The config's `# cluster: nodes=N server_tp=T` comment (the launch scripts read it too); TP 1 on 1 node if none."""
     for line in path.read_text().splitlines():
         if line.startswith("# cluster:"):
-            return int(dict(kv.split("=") for kv in line.split(":", 1)[1].split())["nodes"])
-    return 1
+            items = dict(kv.split("=") for kv in line.split(":", 1)[1].split())
+            return {"nodes": int(items["nodes"]), "server_tp": int(items["server_tp"])}
+    return {"nodes": 1, "server_tp": 1}
 
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=[p.name for p in ALL_CONFIGS])
 def test_every_example_config_validates(path):
-    """A shipped config must not pass the planner and then die after the model is built."""
+    """A shipped config must not pass the planner and then die after the model is built (the launcher
+    passes the node count and rollout.server_tp from the cluster comment)."""
     cfg = load_config(path)
     assert cfg.name
-    nodes = _cluster_nodes(path)
+    nodes, server_tp = _cluster(path)["nodes"], _cluster(path)["server_tp"]
+    launched = [f"rollout.server_tp={server_tp}"]
     if cfg.rollout.colocate and nodes > 1:
         # One CUDA-IPC sender cannot reach other nodes' servers: refused up front, at the launcher.
         with pytest.raises(ConfigError, match=f"rollout.colocate=true on {nodes} nodes"):
-            load_config(path, nnodes=nodes)
+            load_config(path, launched, nnodes=nodes)
+        assert "NOT RUNNABLE YET" in path.read_text()
+    elif cfg.rollout.colocate and server_tp > 1:
+        # SGLang's TP rank r reads payload entry r: refused until the per-rank payload is proven on GPUs.
+        with pytest.raises(ConfigError, match=f"rollout.server_tp={server_tp}"):
+            load_config(path, launched, nnodes=nodes)
         assert "NOT RUNNABLE YET" in path.read_text()
     else:
-        load_config(path, nnodes=nodes)
+        load_config(path, launched, nnodes=nodes)
     if cfg.rollout.colocate:
         assert cfg.parallel.pp == 1  # colocated CUDA-IPC sync: one sender, no per-stage groups

@@ -82,9 +82,32 @@ def test_colocated_one_node(hf_7b, tmp_path):
     proc = run_node(CONFIGS / "mmr1_grpo_7b_colocate.yaml", hf_7b, {"RUN_DIR": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr
     sglang, torchrun = commands(proc.stdout)
-    assert "--enable-memory-saver" in sglang and (flag(sglang, "--num-servers"), flag(sglang, "--tp")) == ("2", "4")
+    assert "--enable-memory-saver" in sglang and (flag(sglang, "--num-servers"), flag(sglang, "--tp")) == ("8", "1")
     assert float(flag(sglang, "--mem-fraction-static")) < 0.85  # the trainer keeps its state beside them
-    assert "GPUS_PER_NODE=8" in torchrun and "NNODES=1" in torchrun
+    assert "GPUS_PER_NODE=8" in torchrun and "NNODES=1" in torchrun and "rollout.server_tp=1" in torchrun
+
+
+def test_servers_get_the_configs_pixel_limits_and_admission_limit(hf_7b, tmp_path):
+    """SGLang resizes images with the run's data.min_pixels / max_pixels only when told (else the checkpoint's),
+    and reports max_running_requests only when started with it (else the client's admission never engages)."""
+    proc = run_node(CONFIGS / "mmr1_grpo_7b_colocate.yaml", hf_7b, {"RUN_DIR": str(tmp_path)},
+                    "data.min_pixels=3136", "data.max_pixels=401408", "rollout.max_running_requests=64")
+    assert proc.returncode == 0, proc.stderr
+    sglang, torchrun = commands(proc.stdout)
+    assert (flag(sglang, "--min-pixels"), flag(sglang, "--max-pixels")) == ("3136", "401408")
+    assert flag(sglang, "--max-running-requests") == "64"
+    assert "data.max_pixels=401408" in torchrun and "rollout.max_running_requests=64" in torchrun
+
+
+def test_colocated_servers_of_tp2_are_refused_before_anything_starts(hf_7b, tmp_path):
+    """The launcher validates with the plan's server TP: a colocated config with server_tp=2 stops at once."""
+    text = (CONFIGS / "mmr1_grpo_7b_colocate.yaml").read_text()
+    config = tmp_path / "tp2.yaml"
+    config.write_text(text.replace("# cluster: nodes=1 server_tp=1", "# cluster: nodes=1 server_tp=2")
+                      .replace("  num_servers: 8\n", "  num_servers: 4\n"))
+    proc = run_node(config, hf_7b, {"RUN_DIR": str(tmp_path)})
+    assert proc.returncode == 1 and "rollout.colocate=true with rollout.server_tp=2" in proc.stderr, proc.stderr
+    assert "tools/launch_sglang.py" not in proc.stdout
 
 
 def test_wrong_node_count_is_refused(hf_7b, tmp_path):
