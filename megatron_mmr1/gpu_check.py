@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from megatron_mmr1.utils.timing import median_seconds
+
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 PREFIX = "gpu-check"
 TOTAL_BUDGET_S = 480.0
@@ -125,26 +127,6 @@ class Context:
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-
-
-def _sync(ctx: Context) -> None:
-    if ctx.cuda:
-        import torch
-
-        torch.cuda.synchronize()
-
-
-def _timed(ctx: Context, fn: Callable[[], Any], repeat: int) -> float:
-    """Median seconds of fn() after one warm-up."""
-    fn()
-    _sync(ctx)
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        _sync(ctx)
-        ts.append(time.perf_counter() - t0)
-    return sorted(ts)[len(ts) // 2]
 
 
 def _rel_err(got, want) -> float:
@@ -259,7 +241,7 @@ def check_kernels(ctx: Context) -> str:
 
     times, mems = {}, {}
     for impl in ("reference", "fused"):
-        times[impl] = _timed(ctx, run(impl), repeat=3)
+        times[impl] = median_seconds(run(impl), repeat=3, cuda=ctx.cuda)
         if ctx.cuda:
             xr.grad = wr.grad = None
             torch.cuda.synchronize()

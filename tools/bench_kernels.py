@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import random
-import statistics
 import time
 import weakref
 
@@ -26,6 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import mmr1_kernels as K
+from megatron_mmr1.utils.timing import median_seconds
 
 # dense bf16 tensor-core peak FLOP/s and HBM bytes/s (datasheets, SXM parts)
 GPU_PEAKS = {"H100": (989.4e12, 3.35e12), "H200": (989.4e12, 4.8e12), "A100": (312e12, 2.0e12)}
@@ -42,22 +42,9 @@ def emit(rows: list[dict], **row) -> None:
 # ----------------------------------------------------------------------------- measurement helpers
 
 
-def sync(dev: str) -> None:
-    if dev == "cuda":
-        torch.cuda.synchronize()
-
-
 def timed(fn, dev: str, repeat: int) -> float:
     """Median wall seconds of fn() over `repeat` runs after one warm-up."""
-    fn()
-    sync(dev)
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        sync(dev)
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return median_seconds(fn, repeat, cuda=dev == "cuda")
 
 
 class _LiveTensorBytes(TorchDispatchMode):
