@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import collections
-import io
 import logging
 import os
 import threading
@@ -22,7 +21,6 @@ from typing import Any, Iterable, Optional, Sequence
 from urllib.parse import unquote, urlparse
 
 import torch
-from PIL import Image
 
 from megatron_mmr1.rollout.protocol import SamplingParams
 from megatron_mmr1.utils.hf_names import to_hub, to_layout
@@ -511,20 +509,3 @@ class LocalEngine:
     @property
     def context_len(self) -> int:
         return int(getattr(self.model.config.get_text_config(), "max_position_embeddings", 32768))
-
-
-def image_to_base64(img_or_path: Any) -> str:
-    """Encode an image (path, bytes or PIL) as-is as a ``data:image/<fmt>;base64,`` ``image_data`` item
-    (raw base64 of a JPEG starts with ``/``, which SGLang reads as a file path)."""
-    if isinstance(img_or_path, (bytes, bytearray)):
-        raw = bytes(img_or_path)
-    elif isinstance(img_or_path, (str, os.PathLike)):
-        with open(img_or_path, "rb") as f:
-            raw = f.read()
-    else:
-        buf = io.BytesIO()
-        img_or_path.save(buf, format="PNG")
-        raw = buf.getvalue()
-    with Image.open(io.BytesIO(raw)) as img:
-        fmt = (img.format or "png").lower()
-    return f"data:image/{fmt};base64," + base64.b64encode(raw).decode()

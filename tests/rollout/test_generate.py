@@ -14,9 +14,10 @@ from PIL import Image
 
 from megatron_mmr1.config import RolloutConfig
 from megatron_mmr1.data.sample import Sample, Status
-from megatron_mmr1.data.vision import VisionSpec
-from megatron_mmr1.rollout.client import RolloutClient, RolloutError
-from megatron_mmr1.rollout.engine import LocalEngine, image_to_base64
+from megatron_mmr1.data.vision import VisionSpec, normalized_png
+from megatron_mmr1.rollout.client import RolloutClient, RolloutError, server_images
+from megatron_mmr1.rollout.engine import LocalEngine
+from megatron_mmr1.rollout.protocol import image_data_url
 
 PROMPT = "<|im_start|>user\n{img}How many circles are there?<|im_end|>\n<|im_start|>assistant\n"
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -76,7 +77,7 @@ def test_n_samples_with_logprobs_match_transformers(servers, tiny_ckpt):
 
     # Recompute every response's log-probs with one full forward (no KV cache) of the HF model.
     eng = LocalEngine(str(ckpt_dir))
-    img_b64 = image_to_base64(prompts[0].images[0])
+    img_b64 = server_images(prompts[0])[0]  # what the client sent
     ids, pv, thw = eng.encode(prompts[0].prompt, None, [img_b64])
     h, w = Image.open(io.BytesIO(prompts[0].images[0])).size[::-1]
     assert ids.count(eng.image_token_id) == VisionSpec().num_image_tokens(h, w)  # Qwen's smart_resize rule
@@ -208,7 +209,7 @@ def test_batched_decoding_matches_one_request_at_a_time(tiny_ckpt):
 
     ckpt_dir, _, tok = tiny_ckpt
     eng = LocalEngine(str(ckpt_dir))
-    img = image_to_base64(_png())
+    img = image_data_url(normalized_png(_png())[0])
     texts = [PROMPT.format(img=IMG), PROMPT.format(img=""), "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"]
     for temp in (0.7, 0.0):
         sps = [SamplingParams(temperature=temp, top_p=0.9, top_k=20, n=3, max_new_tokens=10, sampling_seed=s)
