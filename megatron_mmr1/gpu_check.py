@@ -290,25 +290,25 @@ def check_overlap(ctx: Context) -> str:
     import torch
 
     from megatron_mmr1.training import micro_batches as mbs
-    from megatron_mmr1.training import setup, sft
+    from megatron_mmr1.training import engine, sft
 
     ctx.require_device()
     info = ctx.dist()
     cfg = _engine_cfg(ctx, "model.preset=tiny", "optim.lr=0.0", "optim.min_lr=0.0", "optim.clip_grad=0.0")
-    chunks = setup.build_policy(cfg, load_hf=False)
+    chunks = engine.build_policy(cfg, load_hf=False)
     ddp = chunks[0].ddp_config
     ctx.say(f"  DDP overlap_grad_reduce={ddp.overlap_grad_reduce} use_distributed_optimizer="
-            f"{ddp.use_distributed_optimizer} params_dtype={setup.unwrap(chunks[0]).config.params_dtype}")
+            f"{ddp.use_distributed_optimizer} params_dtype={engine.unwrap(chunks[0]).config.params_dtype}")
     if ctx.cuda and not (ddp.overlap_grad_reduce and ddp.use_distributed_optimizer):
         raise CheckFailed("the engine did not enable overlap_grad_reduce + the distributed optimizer on CUDA")
-    optimizer = setup.build_optimizer(cfg, chunks)
-    scheduler = setup.build_scheduler(cfg, optimizer, 4)
-    step = setup.make_forward_step(cfg, sft.sft_loss, setup.varlen_attention(cfg))
+    optimizer = engine.build_optimizer(cfg, chunks)
+    scheduler = engine.build_scheduler(cfg, optimizer, 4)
+    step = engine.make_forward_step(cfg, sft.sft_loss, engine.varlen_attention(cfg))
     seqs = _random_sequences(6, [37, 64, 21], 1000, seed=0)  # ids below the tiny vocabulary's special tokens
     one = [mbs.pack(seqs, list(range(6))).to(info.device)]
     three = [mbs.pack(seqs[i:i + 2], [i, i + 1]).to(info.device) for i in (0, 2, 4)]
-    r3 = setup.train_step(cfg, chunks, optimizer, scheduler, step, three, info.device)
-    r1 = setup.train_step(cfg, chunks, optimizer, scheduler, step, one, info.device)
+    r3 = engine.train_step(cfg, chunks, optimizer, scheduler, step, three, info.device)
+    r1 = engine.train_step(cfg, chunks, optimizer, scheduler, step, one, info.device)
     diff = abs(r3.grad_norm - r1.grad_norm) / max(r1.grad_norm, 1e-12)
     loss_diff = abs(r3.loss - r1.loss) / max(abs(r1.loss), 1e-12)
     ctx.say(f"  3 micro-batches: loss {r3.loss:.6f} grad norm {r3.grad_norm:.6f}; 1 micro-batch: loss {r1.loss:.6f} "
@@ -318,7 +318,7 @@ def check_overlap(ctx: Context) -> str:
         g["max_lr"] = g["lr"] = 1e-3
     scheduler.max_lr = scheduler.init_lr = 1e-3
     before = [p.detach().float().clone() for p in chunks[0].parameters()]
-    r = setup.train_step(cfg, chunks, optimizer, scheduler, step, three, info.device)
+    r = engine.train_step(cfg, chunks, optimizer, scheduler, step, three, info.device)
     moved = sum(int(not torch.equal(b, p.detach().float())) for b, p in zip(before, chunks[0].parameters()))
     tol = 2e-2 if ctx.cuda else 1e-5  # bf16 on GPU: packing changes the attention kernels' rounding
     key = f"grad-norm rel diff 3 vs 1 micro-batches {diff:.1e} (tol {tol:g}); {moved} param tensors moved"
@@ -549,24 +549,24 @@ def check_memory(ctx: Context) -> str:
         raise CheckSkipped(f"dry-run: plan only; estimate {est_alloc / GIB:.2f} GiB")
     import torch
 
-    from megatron_mmr1.training import setup, sft
+    from megatron_mmr1.training import engine, sft
     from megatron_mmr1.training import micro_batches as mbs
 
     info = ctx.dist()
     ctx.fresh_memory()
     base = torch.cuda.memory_allocated()
     cfg = _engine_cfg(ctx, f"model.preset={MEM_PRESET}", f"model.num_layers={MEM_LAYERS}", "model.params_dtype=bf16")
-    chunks = setup.build_policy(cfg, load_hf=False)
-    optimizer = setup.build_optimizer(cfg, chunks)
-    scheduler = setup.build_scheduler(cfg, optimizer, 4)
-    step = setup.make_forward_step(cfg, sft.sft_loss, setup.varlen_attention(cfg))
+    chunks = engine.build_policy(cfg, load_hf=False)
+    optimizer = engine.build_optimizer(cfg, chunks)
+    scheduler = engine.build_scheduler(cfg, optimizer, 4)
+    step = engine.make_forward_step(cfg, sft.sft_loss, engine.varlen_attention(cfg))
     seqs = _random_sequences(4, [MEM_TOKENS // 4], 150000, seed=0)
     micro = [mbs.pack(seqs, list(range(4))).to(info.device)]
     times = []
     for _ in range(2):  # the first step also creates Adam's state
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        r = setup.train_step(cfg, chunks, optimizer, scheduler, step, micro, info.device)
+        r = engine.train_step(cfg, chunks, optimizer, scheduler, step, micro, info.device)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() - base

@@ -48,23 +48,23 @@ class TrainerPath:
 
     def __init__(self, model: str, data: str, backend: str, budget: int, work: Path) -> None:
         from megatron_mmr1.config import load_config
-        from megatron_mmr1.training import setup
+        from megatron_mmr1.training import engine
         from megatron_mmr1.training.sft import sft_loss
 
         self.cfg = load_config(str(REPO / "examples/configs/tiny_cpu_sft.yaml"), [
             f"model.hf_path={model}", f"model.attention_backend={backend}", f"data.train_files=[{data}]",
             f"training.max_tokens_per_micro_batch={budget}", f"output_dir={work / backend}"])
-        self.chunks = setup.build_policy(self.cfg)
-        self.optimizer = setup.build_optimizer(self.cfg, self.chunks)
-        self.scheduler = setup.build_scheduler(self.cfg, self.optimizer, 1000)
-        self.forward_step = setup.make_forward_step(self.cfg, sft_loss, setup.varlen_attention(self.cfg))
+        self.chunks = engine.build_policy(self.cfg)
+        self.optimizer = engine.build_optimizer(self.cfg, self.chunks)
+        self.scheduler = engine.build_scheduler(self.cfg, self.optimizer, 1000)
+        self.forward_step = engine.make_forward_step(self.cfg, sft_loss, engine.varlen_attention(self.cfg))
 
     def step(self, dataset, indices: list[int], info, pad_id: int) -> float:
-        from megatron_mmr1.training import setup
+        from megatron_mmr1.training import engine
         from megatron_mmr1.training.sft import build_micro_batches
 
         micro, _ = build_micro_batches(self.cfg, dataset, indices, info, pad_id)
-        return setup.train_step(self.cfg, self.chunks, self.optimizer, self.scheduler, self.forward_step, micro,
+        return engine.train_step(self.cfg, self.chunks, self.optimizer, self.scheduler, self.forward_step, micro,
                                 info.device).loss
 
 

@@ -34,7 +34,7 @@ from megatron_mmr1.training.checkpointing import Checkpointer, export_hf, load_c
 from megatron_mmr1.training.faults import SkipCounter, StopSignal
 from megatron_mmr1.training.monitor import PhaseTimer, RunMonitor
 from megatron_mmr1.training.policy import ReferencePolicy, RolloutWeightSync, expected_version, fill_logprobs
-from megatron_mmr1.training.setup import (build_optimizer, build_policy, build_scheduler, count_params, current_lr,
+from megatron_mmr1.training.engine import (build_optimizer, build_policy, build_scheduler, count_params, current_lr,
                                           make_forward_step, seq_pad_multiple, sum_metric, token_budget, token_logprobs,
                                           train_step, varlen_attention)
 from megatron_mmr1.utils.logging import get_logger

@@ -18,7 +18,7 @@ from megatron_mmr1.config import RunConfig
 from megatron_mmr1.models.language import build_language_model
 from megatron_mmr1.models.presets import resolve_model_dims
 from megatron_mmr1.parallel import DistInfo
-from megatron_mmr1.training.setup import build_optimizer, clip_grad_norm_cpu
+from megatron_mmr1.training.engine import build_optimizer, clip_grad_norm_cpu
 from megatron_mmr1.utils.logging import TensorBoardWriter, get_logger, progress
 
 logger = get_logger(__name__)

@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from megatron_mmr1.config import RunConfig
 from megatron_mmr1.training import micro_batches as mbs
-from megatron_mmr1.training.setup import forward_backward, make_forward_step, token_logprobs, unwrap
+from megatron_mmr1.training.engine import forward_backward, make_forward_step, token_logprobs, unwrap
 from megatron_mmr1.utils.logging import get_logger
 
 logger = get_logger(__name__)

@@ -19,7 +19,7 @@ from megatron_mmr1.training import micro_batches as mbs
 from megatron_mmr1.training.checkpointing import Checkpointer, export_hf, load_checkpoint, resolve_load_dir
 from megatron_mmr1.training.faults import SkipCounter, StopSignal
 from megatron_mmr1.training.monitor import PhaseTimer, RunMonitor
-from megatron_mmr1.training.setup import (build_optimizer, build_policy, build_scheduler, count_params, current_lr,
+from megatron_mmr1.training.engine import (build_optimizer, build_policy, build_scheduler, count_params, current_lr,
                                           forward_backward, make_forward_step, reduce_loss_dicts, seq_pad_multiple,
                                           sum_metric, token_budget, token_logprobs, train_step, varlen_attention)
 from megatron_mmr1.utils.logging import get_logger

@@ -42,20 +42,20 @@ def _setup(overrides: list[str]):
     from megatron_mmr1 import parallel
     from megatron_mmr1.data.dataset import build_dataset
     from megatron_mmr1.data.tokenizer import load_tokenizer
-    from megatron_mmr1.training import setup
+    from megatron_mmr1.training import engine
     from megatron_mmr1.training.policy import ReferencePolicy
 
     cfg = _cfg(overrides)
     info = parallel.initialize(cfg.parallel)
     ds = build_dataset(cfg.data, load_tokenizer(cfg.model.hf_path))
-    chunks = setup.build_policy(cfg)
+    chunks = engine.build_policy(cfg)
     ref = ReferencePolicy(chunks) if cfg.algorithm.use_kl_loss else None
     return cfg, info, ds, chunks, ref
 
 
 def grpo_update(overrides: list[str], export_dir: str) -> dict:
     """One GRPO update on fixed rollouts, then the weights exported to ``export_dir`` (HF)."""
-    from megatron_mmr1.training import grpo, setup
+    from megatron_mmr1.training import grpo, engine
     from megatron_mmr1.training.checkpointing import export_hf
     from megatron_mmr1.training.monitor import PhaseTimer
 
@@ -63,8 +63,8 @@ def grpo_update(overrides: list[str], export_dir: str) -> dict:
     with torch.no_grad():  # a policy that differs from the reference (so the KL term has a gradient),
         for p in chunks[0].parameters():  # elementwise in the value: the same under any TP/PP sharding
             p.add_(0.01 * torch.sin(1000.0 * p))
-    optimizer = setup.build_optimizer(cfg, chunks)
-    scheduler = setup.build_scheduler(cfg, optimizer, 1)
+    optimizer = engine.build_optimizer(cfg, chunks)
+    scheduler = engine.build_scheduler(cfg, optimizer, 1)
     step = grpo.make_forward_step(cfg, grpo.grpo_loss, varlen=False)
     metrics = grpo.update_policy(cfg, info, chunks, optimizer, scheduler, step, ref, fixed_records(cfg, ds), ds,
                                  pad_id=0, varlen=False, timer=PhaseTimer())
@@ -74,7 +74,7 @@ def grpo_update(overrides: list[str], export_dir: str) -> dict:
 
 def grpo_split_gradients(overrides: list[str], budgets: dict[str, dict]) -> dict:
     """Gradients of one GRPO optimizer step under several micro-batch plans (no update)."""
-    from megatron_mmr1.training import grpo, setup
+    from megatron_mmr1.training import grpo, engine
     from megatron_mmr1.training.policy import fill_logprobs
 
     cfg, info, ds, chunks, ref = _setup(overrides)
@@ -89,7 +89,7 @@ def grpo_split_gradients(overrides: list[str], budgets: dict[str, dict]) -> dict
             fill_logprobs(pcfg, chunks, steps, "ref_logp", pcfg.rollout.temperature, False)
         for c in chunks:
             c.zero_grad_buffer()
-        setup.forward_backward(chunks, grpo.make_forward_step(pcfg, grpo.grpo_loss, False), steps[0])
+        engine.forward_backward(chunks, grpo.make_forward_step(pcfg, grpo.grpo_loss, False), steps[0])
         out[name] = {"__num_micro_batches": torch.tensor(len(steps[0])),
                      **{n: p.main_grad.detach().clone() for n, p in chunks[0].module.named_parameters()}}
     return out
@@ -101,7 +101,7 @@ def grpo_gradient_hf(overrides: list[str]) -> dict:
     layouts (the gradients pass through the export mapping in place of the weights); with the rollouts
     and the prompts' image tensors, for a reference computed outside megatron."""
     from megatron_mmr1.models.hf_adapter import iter_hf_state
-    from megatron_mmr1.training import grpo, setup
+    from megatron_mmr1.training import grpo, engine
 
     cfg, info, ds, chunks, _ = _setup(overrides)
     records = fixed_records(cfg, ds)
@@ -109,7 +109,7 @@ def grpo_gradient_hf(overrides: list[str]) -> dict:
     assert len(steps) == 1, "one optimizer step expected"
     for c in chunks:
         c.zero_grad_buffer()
-    setup.forward_backward(chunks, grpo.make_forward_step(cfg, grpo.grpo_loss, setup.varlen_attention(cfg)), steps[0])
+    engine.forward_backward(chunks, grpo.make_forward_step(cfg, grpo.grpo_loss, engine.varlen_attention(cfg)), steps[0])
     with torch.no_grad():
         for c in chunks:
             for p in c.parameters():

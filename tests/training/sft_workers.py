@@ -64,13 +64,13 @@ def split_gradients(overrides: list[str], plans: dict[str, dict]) -> dict[str, d
     from megatron_mmr1 import parallel
     from megatron_mmr1.data.dataset import build_dataset
     from megatron_mmr1.data.tokenizer import load_tokenizer
-    from megatron_mmr1.training import setup, sft
+    from megatron_mmr1.training import engine, sft
 
     cfg = _cfg(overrides)
     info = parallel.initialize(cfg.parallel)
     tok = load_tokenizer(cfg.model.tokenizer_path)
     ds = build_dataset(cfg.data, tok)
-    chunks = setup.build_policy(cfg)
+    chunks = engine.build_policy(cfg)
     indices = list(range(cfg.training.global_batch_size))
     out: dict[str, dict[str, torch.Tensor]] = {}
     for name, plan in plans.items():
@@ -80,8 +80,8 @@ def split_gradients(overrides: list[str], plans: dict[str, dict]) -> dict[str, d
         for c in chunks:
             c.zero_grad_buffer()
         step = sft.make_forward_step(pcfg, sft.sft_loss, varlen=False)
-        outputs = setup.forward_backward(chunks, step, micro)
-        loss = setup.reduce_loss_dicts(outputs, info.device)
+        outputs = engine.forward_backward(chunks, step, micro)
+        loss = engine.reduce_loss_dicts(outputs, info.device)
         out[name] = {"__num_micro_batches": torch.tensor(len(micro)), "__loss": torch.tensor(loss["loss"]),
                      **{n: p.main_grad.detach().clone() for n, p in chunks[0].module.named_parameters()}}
     return out

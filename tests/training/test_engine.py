@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from megatron_mmr1.config import load_config
-from megatron_mmr1.training import setup
+from megatron_mmr1.training import engine
 
 
 class _CountingOptimizer:
@@ -46,15 +46,15 @@ def test_gpu_step_computes_the_grad_norm_once_and_reports_it(monkeypatch, clip_g
 
     cfg = load_config(None, [f"optim.clip_grad={clip_grad}"])
     clipped = []
-    monkeypatch.setattr(setup, "on_gpu", lambda: True)
-    monkeypatch.setattr(setup, "forward_backward", lambda *a, **k: [])
-    monkeypatch.setattr(setup, "reduce_loss_dicts", lambda *a: {"loss": 0.5, "loss__count": 4.0})
+    monkeypatch.setattr(engine, "on_gpu", lambda: True)
+    monkeypatch.setattr(engine, "forward_backward", lambda *a, **k: [])
+    monkeypatch.setattr(engine, "reduce_loss_dicts", lambda *a: {"loss": 0.5, "loss__count": 4.0})
     monkeypatch.setattr(clip_grads, "clip_grad_by_total_norm_fp32",
                         lambda params, max_norm, total_norm, *a: clipped.append((max_norm, total_norm)))
     opt = _CountingOptimizer([3.0, 0.25])
     chunk = SimpleNamespace(zero_grad_buffer=lambda: None)
     scheduler = SimpleNamespace(step=lambda increment: None)
-    results = [setup.train_step(cfg, [chunk], opt, scheduler, None, [], torch.device("cpu")) for _ in range(2)]
+    results = [engine.train_step(cfg, [chunk], opt, scheduler, None, [], torch.device("cpu")) for _ in range(2)]
     assert opt.computed == 2, "one grad-norm computation per step"
     assert opt.steps == 2 and [r.grad_norm for r in results] == [3.0, 0.25]
     assert clipped == ([(1.0, 3.0), (1.0, 0.25)] if clip_grad > 0 else []), "clipped by the reported norm"

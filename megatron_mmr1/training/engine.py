@@ -1,4 +1,4 @@
-"""The trainer's spine, shared by every loop: model chunks in megatron DDP, megatron's optimizer and
+"""The training engine, shared by every loop: model chunks in megatron DDP, megatron's optimizer and
 LR/WD scheduler, and one optimizer step through megatron's schedule with exact per-token loss scaling.
 
     chunks = build_policy(cfg)                       # DDP-wrapped Qwen2.5-VL chunks of this rank
