@@ -104,7 +104,7 @@ stage_grpo() {
     title "GRPO + VAS from the SFT policy with TP=2 (2 gloo ranks, 2 stand-in SGLang servers, weight sync every step)"
     train --config $GRPO_CONFIG parallel.tp=2 model.hf_path="$OUT/sft/hf" model.tokenizer_path="$OUT/sft/hf" \
         data.train_files="[$OUT/data/rl_train.jsonl]" data.val_files="[$OUT/data/rl_val.jsonl]" \
-        output_dir="$OUT/grpo" training.train_iters=$GRPO_STEPS training.eval_interval=$GRPO_STEPS \
+        output_dir="$OUT/grpo" training.rollout_steps=$GRPO_STEPS training.eval_interval=$GRPO_STEPS \
         data.max_response_length=$EVAL_TOKENS eval.max_new_tokens=$EVAL_TOKENS eval.max_samples=null \
         rollout.num_servers=2 rollout.temperature=$GRPO_TEMPERATURE optim.lr=1.0e-4 algorithm.use_kl_loss=$GRPO_KL \
         vps.num_rollouts=$GRPO_SCORING_N \

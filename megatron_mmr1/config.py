@@ -263,7 +263,9 @@ class TrainingConfig:
     mode: Literal["sft", "grpo", "lm_smoke"] = "grpo"
     """Cold-start SFT, GRPO RL, or lm_smoke (megatron LM steps on synthetic tokens: checks the stack)."""
     train_iters: int = 100
-    """Optimizer steps (GRPO: rollout steps) to run."""
+    """SFT, lm_smoke: optimizer steps to run (megatron's meaning)."""
+    rollout_steps: int = 100
+    """GRPO: rollout steps to run (each: rollout_batch_size prompts x rollout.n, then their optimizer steps)."""
     epochs: Optional[int] = None
     """SFT: epochs over the data instead of train_iters."""
     rollout_batch_size: int = 512
@@ -366,8 +368,9 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
-    def validate(self, world_size: Optional[int] = None, nnodes: Optional[int] = None) -> "RunConfig":
-        validate(self, world_size, nnodes)
+    def validate(self, world_size: Optional[int] = None, nnodes: Optional[int] = None,
+                 launch: bool = False) -> "RunConfig":
+        validate(self, world_size, nnodes, launch)
         return self
 
 
@@ -492,8 +495,10 @@ def load_config(
     overrides: Optional[list[str]] = None,
     world_size: Optional[int] = None,
     nnodes: Optional[int] = None,
+    launch: bool = False,
 ) -> RunConfig:
-    """Read YAML (optional), apply overrides, type-check and validate (for a world size / node count when known)."""
+    """Read YAML (optional), apply overrides, type-check and validate (for a world size / node count when
+    known; ``launch``: for a run about to start)."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -506,7 +511,7 @@ def load_config(
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
     cfg = config_from_dict(data, overrides)
-    return cfg.validate(world_size, nnodes)
+    return cfg.validate(world_size, nnodes, launch)
 
 
 def to_dict(cfg: Any) -> dict:
@@ -525,13 +530,13 @@ UNREAD_KEYS: dict[str, tuple[str, ...]] = {
             "data.max_prompt_length", "data.max_response_length", "algorithm.adv_estimator", "algorithm.adv_eps",
             "algorithm.clip_ratio_low", "algorithm.clip_ratio_high", "algorithm.clip_ratio_c", "algorithm.use_kl_loss",
             "algorithm.kl_coef", "algorithm.kl_estimator", "algorithm.entropy_coef", "algorithm.loss_agg_mode",
-            "algorithm.dynamic_filtering", "algorithm.tis_clip"),
-    "grpo": ("training.epochs", "data.seq_length", "data.packing", "data.messages_key"),
+            "algorithm.dynamic_filtering", "algorithm.tis_clip", "training.rollout_steps"),
+    "grpo": ("training.epochs", "training.train_iters", "data.seq_length", "data.packing", "data.messages_key"),
     "lm_smoke": ("data.*", "rollout.*", "reward.*", "algorithm.*", "vps.*", "sampler.*", "eval.*", "checkpoint.*",
                  "training.epochs", "training.rollout_batch_size", "training.eval_interval",
                  "training.max_tokens_per_micro_batch", "training.max_skipped_steps", "training.async_rollout",
-                 "training.log_samples", "optim.lr_decay_style", "optim.lr_warmup_fraction", "optim.min_lr",
-                 "model.hf_path", "model.tokenizer_path", "logging.log_interval"),
+                 "training.log_samples", "training.rollout_steps", "model.hf_path", "model.tokenizer_path",
+                 "logging.log_interval"),
 }
 
 
@@ -571,8 +576,11 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-def validate(cfg: RunConfig, world_size: Optional[int] = None, nnodes: Optional[int] = None) -> None:
-    """Impossible combinations, each reported with the key that has to change."""
+def validate(cfg: RunConfig, world_size: Optional[int] = None, nnodes: Optional[int] = None,
+             launch: bool = False) -> None:
+    """Impossible combinations, each reported with the key that has to change; with ``world_size`` also the
+    layout on that world. ``launch``: the config is about to run (the launcher, the workers), so the inputs
+    its training mode needs (data files, model) must be set too."""
     from megatron_mmr1.models.presets import resolve_model_dims
 
     p, t = cfg.parallel, cfg.training
@@ -596,7 +604,12 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None, nnodes: Optional[
                f"world size {world_size} is not divisible by parallel.tp*parallel.pp={p.tp * p.pp}")
         dp = world_size // (p.tp * p.pp)
 
-    for name in ("rollout_batch_size", "global_batch_size", "micro_batch_size", "train_iters"):
+    if launch:
+        _check_mode_inputs(cfg)
+    _check(t.mode != "grpo" or t.train_iters == TrainingConfig.train_iters,
+           f"training.train_iters={t.train_iters} counts optimizer steps (SFT, lm_smoke); a GRPO run's length is "
+           f"training.rollout_steps (set training.rollout_steps={t.train_iters} instead)")
+    for name in ("rollout_batch_size", "global_batch_size", "micro_batch_size", "train_iters", "rollout_steps"):
         _check(getattr(t, name) >= 1, f"training.{name}={getattr(t, name)} must be >= 1")
     _check(t.global_batch_size % t.micro_batch_size == 0,
            f"training.global_batch_size={t.global_batch_size} is not a multiple of "
@@ -655,6 +668,21 @@ def _check_pipeline_sync(cfg: RunConfig) -> None:
         used = "rollout.colocate=true (CUDA-IPC tensor sync)" if r.colocate else f"rollout.weight_sync={r.weight_sync}"
         raise ConfigError(f"parallel.pp={p.pp} with {used}: pipeline stages need rollout.weight_sync=distributed "
                           "and rollout.colocate=false (or parallel.pp=1)")
+
+
+def _check_mode_inputs(cfg: RunConfig) -> None:
+    """What each training mode needs from data and model (checked before any server or rank starts)."""
+    t, d, m = cfg.training, cfg.data, cfg.model
+    if t.mode not in ("sft", "grpo"):
+        return
+    kind = {"sft": "sft", "grpo": "rl"}[t.mode]
+    _check(d.kind == kind, f"training.mode={t.mode} needs data.kind={kind} "
+           f"({'conversation' if kind == 'sft' else 'problem/answer'} records), not data.kind={d.kind}")
+    _check(bool(d.train_files), f"training.mode={t.mode} needs data.train_files")
+    _check(bool(m.tokenizer_path or m.hf_path), f"training.mode={t.mode} needs model.hf_path (or model.tokenizer_path)")
+    if t.mode == "grpo":
+        _check(bool(cfg.rollout.server_urls or m.hf_path),
+               "stand-in rollout servers load model.hf_path: set it, or rollout.server_urls")
 
 
 def _check_colocate_nodes(cfg: RunConfig, nnodes: Optional[int]) -> None:

@@ -303,7 +303,7 @@ def check_overlap(ctx: Context) -> str:
         raise CheckFailed("the engine did not enable overlap_grad_reduce + the distributed optimizer on CUDA")
     optimizer = engine.build_optimizer(cfg, chunks)
     scheduler = engine.build_scheduler(cfg, optimizer, 4)
-    step = engine.make_forward_step(cfg, sft.sft_loss, engine.varlen_attention(cfg))
+    step = engine.make_forward_step(cfg, sft.sft_loss_func, engine.varlen_attention(cfg))
     seqs = _random_sequences(6, [37, 64, 21], 1000, seed=0)  # ids below the tiny vocabulary's special tokens
     one = [mbs.pack(seqs, list(range(6))).to(info.device)]
     three = [mbs.pack(seqs[i:i + 2], [i, i + 1]).to(info.device) for i in (0, 2, 4)]
@@ -486,7 +486,7 @@ def check_sft(ctx: Context) -> str:
 def _grpo_overrides(ctx: Context) -> list[str]:
     t = ctx.task()
     return [f"model.hf_path={t['hf']}", f"data.train_files=[{t['rl_train']}]", f"output_dir={ctx.work / 'grpo'}",
-            "logging.progress=false", "training.train_iters=2", "training.rollout_batch_size=4", "rollout.n=4",
+            "logging.progress=false", "training.rollout_steps=2", "training.rollout_batch_size=4", "rollout.n=4",
             "training.global_batch_size=16", "data.max_response_length=24", "vps.num_rollouts=4",
             "vps.scoring_batch_size=64", "training.eval_interval=null", "rollout.backend=local",
             "rollout.colocate=true", "rollout.weight_sync=tensor", "parallel.backend=auto"]
@@ -503,7 +503,7 @@ def check_grpo(ctx: Context) -> str:
     ctx.require_device()
     overrides = _grpo_overrides(ctx)
     cfg = load_config("examples/configs/tiny_cpu_grpo.yaml", overrides, world_size=1)  # validated: the plan
-    ctx.say(f"  plan: {cfg.training.train_iters} GRPO steps, {cfg.training.rollout_batch_size} prompts x "
+    ctx.say(f"  plan: {cfg.training.rollout_steps} GRPO steps, {cfg.training.rollout_batch_size} prompts x "
             f"{cfg.rollout.n}, rollout.colocate={cfg.rollout.colocate} weight_sync={cfg.rollout.weight_sync}")
     if ctx.dry_run:  # the CPU path (shared memory instead of IPC) is tests/training/test_grpo.py's; ~20 s here
         raise CheckSkipped("dry-run: plan validated, not run (CUDA-IPC weight updates need a GPU)")
@@ -518,7 +518,7 @@ def check_grpo(ctx: Context) -> str:
     # stand-in's fp32 copy of the same weights): a failed or partial IPC update shows up here
     mismatch = summary.get("mismatch/logp_abs_mean_last", float("nan"))
     key = f"{steps} steps, {summary.get('rollouts_total')} rollouts, trainer vs server |logp diff| {mismatch:.1e} (tol 0.05)"
-    if steps != cfg.training.train_iters or summary.get("skipped_steps") or not mismatch <= 0.05:
+    if steps != cfg.training.rollout_steps or summary.get("skipped_steps") or not mismatch <= 0.05:
         raise CheckFailed(key)
     return key
 
@@ -559,7 +559,7 @@ def check_memory(ctx: Context) -> str:
     chunks = engine.build_policy(cfg, load_hf=False)
     optimizer = engine.build_optimizer(cfg, chunks)
     scheduler = engine.build_scheduler(cfg, optimizer, 4)
-    step = engine.make_forward_step(cfg, sft.sft_loss, engine.varlen_attention(cfg))
+    step = engine.make_forward_step(cfg, sft.sft_loss_func, engine.varlen_attention(cfg))
     seqs = _random_sequences(4, [MEM_TOKENS // 4], 150000, seed=0)
     micro = [mbs.pack(seqs, list(range(4))).to(info.device)]
     times = []

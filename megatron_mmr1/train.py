@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from megatron_mmr1.config import ConfigError, RunConfig, dump_yaml, field_docs, load_config, unread_keys
-from megatron_mmr1.utils.logging import get_logger, setup_logging
+from megatron_mmr1.utils.logging import get_logger, setup_logging, tensorboard_dir
 from megatron_mmr1.utils.procs import Interrupted, die_with_parent, launched_by_torchrun, signals_raise_interrupted
 
 logger = get_logger(__name__)
@@ -45,35 +45,16 @@ _TORCHRUN_FLAGS = {"nnodes": "--nnodes", "node_rank": "--node-rank", "rdzv_backe
 # --------------------------------------------------------------------------------------------------
 
 
-def _lm_smoke(cfg: RunConfig, info: Any) -> None:
-    from megatron_mmr1.training import lm_smoke
-
-    lm_smoke.run(cfg, info, steps=cfg.training.train_iters)
-
-
-def _trainer(module: str) -> Callable[[RunConfig, Any], Any]:
-    """``megatron_mmr1.training.<module>.run(cfg, info)``, imported when the mode runs."""
+def _mode_runner(mode: str) -> Callable[[RunConfig, Any], Any]:
+    """``megatron_mmr1.training.<mode>.run(cfg, info)``, imported when the mode runs."""
 
     def run_mode(cfg: RunConfig, info: Any) -> Any:
-        name = f"megatron_mmr1.training.{module}"
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            raise ConfigError(f"training.mode={cfg.training.mode}: the {module.upper()} trainer is not part of "
-                              "this build yet; training.mode=lm_smoke runs the megatron stack on synthetic "
-                              "tokens") from None
-        return mod.run(cfg, info)
+        return importlib.import_module(f"megatron_mmr1.training.{mode}").run(cfg, info)
 
     return run_mode
 
 
-MODES: dict[str, Callable[[RunConfig, Any], Any]] = {
-    "lm_smoke": _lm_smoke,
-    "sft": _trainer("sft"),
-    "grpo": _trainer("grpo"),
-}
+MODES: dict[str, Callable[[RunConfig, Any], Any]] = {mode: _mode_runner(mode) for mode in ("lm_smoke", "sft", "grpo")}
 
 
 def run(cfg: RunConfig) -> int:
@@ -160,10 +141,6 @@ def prepare_output_dir(cfg: RunConfig) -> Path:
     return out
 
 
-def tensorboard_dir(cfg: RunConfig) -> str:
-    return cfg.logging.tensorboard_dir or str(Path(cfg.output_dir) / "tensorboard")
-
-
 def _user_errors() -> tuple[type, ...]:
     """Errors that are the user's input (config, checkpoint files): one line, exit 2."""
     errors: list[type] = [ConfigError]
@@ -181,7 +158,7 @@ def worker_main(args: argparse.Namespace) -> int:
         with signals_raise_interrupted():
             world_size = int(os.environ.get("WORLD_SIZE", "1"))
             nnodes = max(1, world_size // int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
-            cfg = load_config(args.config, args.overrides, world_size=world_size, nnodes=nnodes)
+            cfg = load_config(args.config, args.overrides, world_size=world_size, nnodes=nnodes, launch=True)
             log_file = None
             if _env_rank() == 0:
                 log_file = prepare_output_dir(cfg) / "train.log"
@@ -211,7 +188,7 @@ def launch(args: argparse.Namespace) -> int:
     world_size = args.nproc_per_node * int(nnodes) if nnodes.isdigit() else None  # "1:4": elastic, unknown
     try:
         load_config(args.config, args.overrides, world_size=world_size,
-                    nnodes=int(nnodes) if nnodes.isdigit() else None)
+                    nnodes=int(nnodes) if nnodes.isdigit() else None, launch=True)
     except ConfigError as e:
         _say(f"config error: {e}")
         return EXIT_CONFIG_ERROR

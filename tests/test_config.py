@@ -159,10 +159,35 @@ def test_keys_a_mode_never_reads_are_named():
                              "training.micro_batch_size=4"])
     assert unread_keys(cfg) == ["rollout.n", "vps.alpha", "training.rollout_batch_size"]
     smoke = load_config(None, ["training.mode=lm_smoke", "checkpoint.save=x", "optim.lr_decay_style=cosine",
-                               "logging.log_interval=5", "rollout.n=1"])
-    assert set(unread_keys(smoke)) == {"checkpoint.save", "optim.lr_decay_style", "logging.log_interval", "rollout.n"}
+                               "logging.log_interval=5", "rollout.n=1", "training.rollout_steps=3"])
+    assert set(unread_keys(smoke)) == {"checkpoint.save", "logging.log_interval", "rollout.n", "training.rollout_steps"}
     grpo = load_config(None, ["training.mode=grpo", "rollout.n=8", "data.seq_length=4096"])
     assert unread_keys(grpo) == ["data.seq_length"]
+
+
+def test_train_iters_is_not_a_grpo_run_length():
+    """train_iters counts optimizer steps (megatron's meaning); a GRPO run is counted in rollout steps."""
+    from megatron_mmr1.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"training.train_iters=5 counts optimizer steps .* training.rollout_steps=5"):
+        load_config(None, ["training.mode=grpo", "training.train_iters=5"])
+    assert load_config(None, ["training.mode=sft", "training.train_iters=5"]).training.train_iters == 5
+
+
+@pytest.mark.parametrize("mode,overrides,needle", [
+    ("sft", ["data.kind=rl"], "training.mode=sft needs data.kind=sft"),
+    ("sft", ["data.kind=sft"], "training.mode=sft needs data.train_files"),
+    ("grpo", ["data.train_files=[x.jsonl]"], "training.mode=grpo needs model.hf_path"),
+    ("grpo", ["data.train_files=[x.jsonl]", "model.tokenizer_path=tok"], "stand-in rollout servers load model.hf_path"),
+])
+def test_mode_inputs_are_checked_when_a_run_is_launched(mode, overrides, needle):
+    """Checked by validate(launch=True) (the launcher's and the workers' call, before any server starts), not
+    inside the trainers."""
+    from megatron_mmr1.config import ConfigError, load_config
+
+    load_config(None, [f"training.mode={mode}", *overrides], world_size=1)  # values alone: fine
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, [f"training.mode={mode}", *overrides], world_size=1, launch=True)
 
 
 def test_min_lr_above_lr_names_both_keys():

@@ -123,8 +123,8 @@ def test_config_error_under_torchrun_is_one_line_once(tmp_path):
 
 
 def test_launcher_config_errors_are_one_line_exit_2(tmp_path):
-    """mmr1-train --nproc-per-node validates for the whole world before starting torchrun; an error only a
-    worker finds (here: a mode not built yet, or the world size) is the worker's one line and exit code 2."""
+    """mmr1-train --nproc-per-node validates for the whole world before starting torchrun (here: the world
+    size, and what the mode needs from data and model): one line, exit code 2."""
     proc = _launch(tmp_path, "parallel.pp=4")  # world size 2 is not divisible by tp*pp=4
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2

@@ -111,12 +111,10 @@ def run_grpo(overrides: list[str]) -> dict:
     from megatron_mmr1.config import load_config
     from megatron_mmr1.training import grpo
 
-    from megatron_mmr1.training import experience as xp
-
     # the log-prob phase in its parts: inputs (records -> sequences, images re-read) and the forwards
     parts: dict[str, list[float]] = {"fill_logprobs": [], "to_train_sequences": []}
     grpo.fill_logprobs = _timed(grpo.fill_logprobs, parts["fill_logprobs"])
-    xp.to_train_sequences = _timed(xp.to_train_sequences, parts["to_train_sequences"])
+    grpo.to_train_sequences = _timed(grpo.to_train_sequences, parts["to_train_sequences"])
     cfg = load_config(GRPO_CONFIG, overrides, world_size=1)
     info = parallel.initialize(cfg.parallel)
     try:
@@ -278,7 +276,7 @@ def shape_stop_probability(hf_dir: Path, stop_p: float, temperature: float = 1.0
 
 def grpo_overrides(hf: str, data: str, out: Path, w: dict, async_rollout: bool, seed: int) -> list[str]:
     return [f"model.hf_path={hf}", f"data.train_files=[{data}]", f"output_dir={out}", "logging.progress=false",
-            f"training.train_iters={w['steps']}", f"training.rollout_batch_size={w['rollout_batch_size']}",
+            f"training.rollout_steps={w['steps']}", f"training.rollout_batch_size={w['rollout_batch_size']}",
             f"rollout.n={w['n']}", f"training.global_batch_size={w['rollout_batch_size'] * w['n']}",
             f"data.max_response_length={w['max_response_length']}", f"vps.num_rollouts={w['n']}",
             "training.eval_interval=null", "training.log_samples=0", f"rollout.seed={seed}",

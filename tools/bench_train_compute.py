@@ -4,7 +4,7 @@ Same conversations, same weights, one process, one thread: each optimizer step o
 conversations runs through
 
 * ``plain``: transformers' Qwen2.5-VL (SDPA attention), one forward/backward per conversation, AdamW
-  (``tools/plain_loop.py``'s SFT step, the yardstick);
+  (``megatron_mmr1.baselines.plain_loop``'s SFT step, the yardstick);
 * ``trainer/<backend>``: megatron-core through the trainer's own ``train_step`` (packed micro-batches
   of ``--budget`` tokens, fused log-prob loss, megatron DDP and optimizer), once per core-attention
   backend of the local spec: ``sdpa`` (the default off TE) and ``local`` (megatron's unfused
@@ -32,7 +32,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
 
 
 def prepare(work: Path) -> tuple[str, str]:
@@ -49,7 +48,7 @@ class TrainerPath:
     def __init__(self, model: str, data: str, backend: str, budget: int, work: Path) -> None:
         from megatron_mmr1.config import load_config
         from megatron_mmr1.training import engine
-        from megatron_mmr1.training.sft import sft_loss
+        from megatron_mmr1.training.sft import sft_loss_func
 
         self.cfg = load_config(str(REPO / "examples/configs/tiny_cpu_sft.yaml"), [
             f"model.hf_path={model}", f"model.attention_backend={backend}", f"data.train_files=[{data}]",
@@ -57,7 +56,7 @@ class TrainerPath:
         self.chunks = engine.build_policy(self.cfg)
         self.optimizer = engine.build_optimizer(self.cfg, self.chunks)
         self.scheduler = engine.build_scheduler(self.cfg, self.optimizer, 1000)
-        self.forward_step = engine.make_forward_step(self.cfg, sft_loss, engine.varlen_attention(self.cfg))
+        self.forward_step = engine.make_forward_step(self.cfg, sft_loss_func, engine.varlen_attention(self.cfg))
 
     def step(self, dataset, indices: list[int], info, pad_id: int) -> float:
         from megatron_mmr1.training import engine
@@ -78,7 +77,7 @@ class PlainPath:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.0)
 
     def step(self, dataset, indices: list[int], info=None, pad_id: int = 0) -> float:
-        from plain_loop import forward_logits
+        from megatron_mmr1.baselines.plain_loop import forward_logits
 
         examples = dataset.get_batch(indices).samples
         n_loss = sum(sum(t != -100 for t in ex.labels[1:]) for ex in examples)

@@ -124,7 +124,7 @@ def run_overrides(arm: str, seed: int, s: Settings, sft_hf: Path, train: Path, v
         f"model.hf_path={sft_hf}", f"model.tokenizer_path={sft_hf}",
         f"data.train_files=[{train}]", f"data.val_files=[{val}]",
         f"data.max_response_length={s.max_response_length}",
-        f"training.train_iters={s.steps}", f"training.rollout_batch_size={s.batch}",
+        f"training.rollout_steps={s.steps}", f"training.rollout_batch_size={s.batch}",
         f"training.global_batch_size={s.batch * s.n}", f"training.micro_batch_size={min(8, s.batch * s.n)}",
         f"training.eval_interval={min(s.eval_interval or s.steps, s.steps)}",
         f"rollout.n={s.n}", f"rollout.num_servers={s.num_servers}", f"rollout.seed={1000 + seed}",

@@ -32,7 +32,7 @@ from megatron_mmr1.utils.logging import get_logger, setup_logging
 logger = get_logger(__name__)
 
 EXIT_USAGE = 2
-LAUNCHER = Path(__file__).resolve().parents[2] / "tools" / "launch_sglang.py"
+LAUNCHER = [sys.executable, "-m", "megatron_mmr1.rollout.launch"]
 
 
 class CheckpointError(ValueError):
@@ -145,14 +145,11 @@ def hf_dir_for(path: str, work_dir: Path) -> Path:
 @contextlib.contextmanager
 def launched_servers(model_dir: Path, backend: str, num: int, tp: int, log_dir: Path, timeout_s: float
                      ) -> Iterator[list[str]]:
-    """Servers on ``model_dir`` through ``tools/launch_sglang.py`` (stopped on exit); yields their URLs."""
-    if not LAUNCHER.is_file():
-        raise RuntimeError(f"{LAUNCHER} not found (an installed copy without the repository's tools/): start the "
-                           "servers yourself and pass --server-url")
+    """Servers on ``model_dir`` through ``megatron_mmr1.rollout.launch`` (stopped on exit); yields their URLs."""
     log_dir.mkdir(parents=True, exist_ok=True)
     url_file = log_dir / "urls.json"
     url_file.unlink(missing_ok=True)
-    cmd = [sys.executable, str(LAUNCHER), "--model", str(model_dir), "--backend", backend, "--num-servers", str(num),
+    cmd = [*LAUNCHER, "--model", str(model_dir), "--backend", backend, "--num-servers", str(num),
            "--tp", str(tp), "--log-dir", str(log_dir), "--url-file", str(url_file), "--timeout-s", str(timeout_s)]
     log_path = log_dir / "launcher.log"
     with open(log_path, "w") as log:

@@ -4,11 +4,22 @@ Exports are lazy (like ``megatron_mmr1.data``): loading a run config reads ``mod
 not import torch and megatron.
 """
 
+from typing import Any
+
 from megatron_mmr1.utils.lazy import lazy_exports
 
-__all__, __getattr__ = lazy_exports(__name__, {
+
+def unwrap(chunk: Any) -> Any:
+    """DDP / Float16Module wrappers -> the Qwen25VLModel (or GPTModel) inside."""
+    while hasattr(chunk, "module") and not hasattr(chunk, "language_model"):
+        chunk = chunk.module
+    return chunk
+
+
+_all, __getattr__ = lazy_exports(__name__, {
     "checkpoint": ["CheckpointError", "HFCheckpoint", "load_dist", "load_hf_weights", "save_dist"],
     "hf_adapter": ["iter_hf_state"],
     "qwen2_5_vl": ["Qwen25VLModel", "build_model"],
     "rope_index": ["get_rope_index"],
 })
+__all__ = [*_all, "unwrap"]

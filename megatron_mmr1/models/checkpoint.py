@@ -20,7 +20,7 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import Tensor
 
-from megatron_mmr1.models import hf_adapter
+from megatron_mmr1.models import hf_adapter, unwrap
 from megatron_mmr1.utils.logging import get_logger, progress
 
 logger = get_logger(__name__)
@@ -146,10 +146,6 @@ class HFCheckpoint:
         return list(self._hub_to_stored)
 
 
-def _unwrap(chunk):
-    return hf_adapter._unwrap(chunk)
-
-
 @torch.no_grad()
 def load_hf_weights(model_chunks: list, hf: str | Path | HFCheckpoint) -> None:
     """Copy this rank's TP/PP shard of every parameter from a HF checkpoint (any TP/PP)."""
@@ -158,7 +154,7 @@ def load_hf_weights(model_chunks: list, hf: str | Path | HFCheckpoint) -> None:
     ckpt = hf if isinstance(hf, HFCheckpoint) else HFCheckpoint(hf)
     tp, tp_rank = mpu.get_tensor_model_parallel_world_size(), mpu.get_tensor_model_parallel_rank()
     for chunk in model_chunks:
-        chunk = _unwrap(chunk)
+        chunk = unwrap(chunk)
         params = dict(chunk.named_parameters())
         qkv = hf_adapter.qkv_shape(chunk)
         for m in hf_adapter.param_mappings(chunk):
@@ -250,8 +246,8 @@ def sharded_state_dict(model_chunks: list) -> dict:
     """This rank's sharded state dict: the chunk's own for one chunk, {"model<i>": ...} for virtual
     stages (megatron's convention; the checkpoint keys inside use global layer numbers either way)."""
     if len(model_chunks) == 1:
-        return _unwrap(model_chunks[0]).sharded_state_dict()
-    return {f"model{i}": _unwrap(c).sharded_state_dict() for i, c in enumerate(model_chunks)}
+        return unwrap(model_chunks[0]).sharded_state_dict()
+    return {f"model{i}": unwrap(c).sharded_state_dict() for i, c in enumerate(model_chunks)}
 
 
 def save_dist(model_chunks: list, ckpt_dir: str | Path, hf_source: Optional[Path] = None,
@@ -349,6 +345,6 @@ def load_dist(model_chunks: list, ckpt_dir: str | Path) -> None:
         state = dist_checkpointing.load(sharded, str(ckpt))
         states = [state] if len(model_chunks) == 1 else [state[f"model{i}"] for i in range(len(model_chunks))]
         for chunk, own in zip(model_chunks, states):
-            _unwrap(chunk).load_state_dict(own, strict=True)
+            unwrap(chunk).load_state_dict(own, strict=True)
     except Exception as e:
         raise CheckpointError(f"{ckpt}: cannot be loaded into this model ({_brief(e)})") from e

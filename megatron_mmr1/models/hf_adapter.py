@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Literal, Optional
 import torch
 from torch import Tensor
 
+from megatron_mmr1.models import unwrap
 from megatron_mmr1.utils.hf_names import Layout, detect_layout, to_hub, to_layout  # noqa: F401 (re-exported)
 
 Kind = Literal["copy", "qkv", "fc1"]
@@ -160,7 +161,7 @@ def iter_hf_state(model_chunks: list, layout: Layout = "hub", dtype: Optional[to
     from megatron.core import parallel_state as mpu
 
     for chunk in model_chunks:
-        chunk = _unwrap(chunk)
+        chunk = unwrap(chunk)
         params = dict(chunk.named_parameters())
         qkv = qkv_shape(chunk)
         tied = chunk.language_model.share_embeddings_and_output_weights
@@ -182,7 +183,3 @@ def iter_hf_state(model_chunks: list, layout: Layout = "hub", dtype: Optional[to
                 yield to_layout(name, layout), tensor
 
 
-def _unwrap(chunk):
-    while not hasattr(chunk, "language_model") and hasattr(chunk, "module"):
-        chunk = chunk.module  # DDP / Float16Module wrappers
-    return chunk

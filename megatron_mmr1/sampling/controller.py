@@ -1,7 +1,7 @@
 """Prompt selection for the GRPO loop: sampler + VPS store + refresh schedule, one checkpointable object.
 
     prompts = PromptSampler(len(dataset), cfg.training.rollout_batch_size, cfg.sampler, cfg.vps, score_fn)
-    for step in range(start, cfg.training.train_iters):
+    for step in range(start, cfg.training.rollout_steps):
         batch = prompts.next_batch()                    # refreshes VPS first when a refresh is due
         mine = prompts.rank_slice(batch, dp_rank, dp_size)
         ... generate, reward ...

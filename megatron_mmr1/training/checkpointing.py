@@ -146,7 +146,7 @@ def load_checkpoint(load_dir: Path, chunks: list, optimizer, scheduler, load_opt
     returns the saved ``{"step", "trainer", "config"}``."""
     from megatron.core import dist_checkpointing
 
-    from megatron_mmr1.models.checkpoint import _unwrap
+    from megatron_mmr1.models import unwrap
 
     state_file = load_dir / STATE_FILE
     try:
@@ -164,7 +164,7 @@ def load_checkpoint(load_dir: Path, chunks: list, optimizer, scheduler, load_opt
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
     model_states = [loaded["model"]] if len(chunks) == 1 else [loaded["model"][f"model{i}"] for i in range(len(chunks))]
     for chunk, own in zip(chunks, model_states):
-        _unwrap(chunk).load_state_dict(own, strict=True)
+        unwrap(chunk).load_state_dict(own, strict=True)
     if load_optimizer:
         optimizer.load_state_dict(loaded["optimizer"])
         scheduler.load_state_dict(meta["scheduler"])

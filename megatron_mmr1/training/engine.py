@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_mmr1.config import RunConfig
+from megatron_mmr1.models import unwrap
 from megatron_mmr1.training import micro_batches as mbs
 from megatron_mmr1.utils.logging import get_logger
 
@@ -31,13 +32,6 @@ logger = get_logger(__name__)
 
 def on_gpu() -> bool:
     return torch.cuda.is_available()
-
-
-def unwrap(chunk: Any) -> Any:
-    """DDP / Float16Module wrappers -> the Qwen25VLModel (or GPTModel) inside."""
-    while hasattr(chunk, "module"):
-        chunk = chunk.module
-    return chunk
 
 
 def wrap_ddp(cfg: RunConfig, chunks: list, per_token_loss: bool = True,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from megatron_mmr1.config import RunConfig
-from megatron_mmr1.utils.logging import TensorBoardWriter, get_logger, progress
+from megatron_mmr1.utils.logging import TensorBoardWriter, get_logger, progress, tensorboard_dir
 
 logger = get_logger(__name__)
 
@@ -41,8 +41,7 @@ class RunMonitor:
 
     def __init__(self, cfg: RunConfig, rank: int, total_steps: int, start_step: int, desc: str) -> None:
         self.cfg, self.rank, self.total_steps = cfg, rank, total_steps
-        tb_dir = cfg.logging.tensorboard_dir or str(Path(cfg.output_dir) / "tensorboard")
-        self.tb = TensorBoardWriter(tb_dir)  # train.py prints the `tensorboard --logdir` line
+        self.tb = TensorBoardWriter(tensorboard_dir(cfg))  # train.py prints the `tensorboard --logdir` line
         self.bar = progress(range(start_step, total_steps), desc=desc, total=total_steps - start_step,
                             enabled=cfg.logging.progress and rank == 0)
         self._bar_iter = iter(self.bar)

@@ -21,7 +21,8 @@ import torch.distributed as dist
 
 from megatron_mmr1.config import RunConfig
 from megatron_mmr1.training import micro_batches as mbs
-from megatron_mmr1.training.engine import forward_backward, make_forward_step, token_logprobs, unwrap
+from megatron_mmr1.models import unwrap
+from megatron_mmr1.training.engine import forward_backward, make_forward_step, token_logprobs
 from megatron_mmr1.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -164,7 +165,7 @@ class RolloutWeightSync:
             self.sender.close()
 
 
-def expected_version(records: Sequence[Any], version: Optional[str]) -> None:
+def check_rollout_versions(records: Sequence[Any], version: Optional[str]) -> None:
     """A step trains only on responses from the weights it meant to sample with."""
     if version is None:
         return

@@ -8,20 +8,18 @@ mean over the assistant tokens of the whole global batch, through the fused log-
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
 
 import torch
 
 from megatron_mmr1.config import ConfigError, RunConfig
 from megatron_mmr1.parallel import DistInfo
-from megatron_mmr1.training import micro_batches as mbs
-from megatron_mmr1.training.checkpointing import Checkpointer, export_hf, load_checkpoint, resolve_load_dir
-from megatron_mmr1.training.faults import SkipCounter, StopSignal
-from megatron_mmr1.training.monitor import PhaseTimer, RunMonitor
-from megatron_mmr1.training.engine import (build_optimizer, build_policy, build_scheduler, count_params, current_lr,
-                                          forward_backward, make_forward_step, reduce_loss_dicts, seq_pad_multiple,
-                                          sum_metric, token_budget, token_logprobs, train_step, varlen_attention)
+from megatron_mmr1.training.engine import (forward_backward, make_forward_step, reduce_loss_dicts, seq_pad_multiple,
+                                           sum_metric, token_budget, token_logprobs, train_step)
+from megatron_mmr1.training.micro_batches import (MicroBatch, TrainSequence, build_micro_batch, next_token_targets,
+                                                  plan_micro_batches)
+from megatron_mmr1.training.trainer import Trainer
 from megatron_mmr1.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -29,7 +27,7 @@ logger = get_logger(__name__)
 
 # ---- the loss ------------------------------------------------------------------------------------------
 
-def sft_loss(cfg: RunConfig, chunk: Any, mb: mbs.MicroBatch, hidden: torch.Tensor):
+def sft_loss_func(cfg: RunConfig, chunk: Any, mb: MicroBatch, hidden: torch.Tensor):
     """(sum of -log p over loss tokens, their count, metrics): megatron's per-token-loss contract."""
     logp = token_logprobs(cfg, chunk, hidden, mb.targets)  # (b, T) fp32
     loss_sum = -(logp * mb.loss_weight).sum()
@@ -39,21 +37,21 @@ def sft_loss(cfg: RunConfig, chunk: Any, mb: mbs.MicroBatch, hidden: torch.Tenso
 
 # ---- data ----------------------------------------------------------------------------------------------
 
-def example_to_sequence(ex: Any) -> mbs.TrainSequence:
-    return mbs.TrainSequence(input_ids=torch.as_tensor(ex.input_ids, dtype=torch.long),
-                             targets=mbs.next_token_targets(ex.labels), pixel_values=ex.pixel_values,
+def example_to_sequence(ex: Any) -> TrainSequence:
+    return TrainSequence(input_ids=torch.as_tensor(ex.input_ids, dtype=torch.long),
+                             targets=next_token_targets(ex.labels), pixel_values=ex.pixel_values,
                              image_grid_thw=ex.image_grid_thw)
 
 
 def build_micro_batches(cfg: RunConfig, dataset: Any, indices: list[int], info: DistInfo,
-                        pad_id: int) -> tuple[list[mbs.MicroBatch], int]:
+                        pad_id: int) -> tuple[list[MicroBatch], int]:
     """This rank's micro-batches of the global batch ``indices`` (plan from token counts, fetch only
     this rank's conversations; rows padded to a multiple of tp under sequence parallelism).
     Returns (micro-batches, real tokens of the global batch)."""
     lengths = [int(dataset.lengths[i]) for i in indices]
     budget = token_budget(cfg)
     multiple = seq_pad_multiple(cfg)
-    plan = mbs.plan_micro_batches(lengths, info.dp, max_tokens=budget, micro_batch_size=cfg.training.micro_batch_size)
+    plan = plan_micro_batches(lengths, info.dp, max_tokens=budget, micro_batch_size=cfg.training.micro_batch_size)
     mine = plan[info.dp_rank]
     wanted = [indices[j] for mb in mine for j in mb]
     fetched = {ex.index: ex for ex in dataset.get_batch(wanted).samples}  # skipped records are absent
@@ -61,7 +59,7 @@ def build_micro_batches(cfg: RunConfig, dataset: Any, indices: list[int], info: 
     for mb in mine:
         ids = [j for j in mb if indices[j] in fetched]
         seqs = [example_to_sequence(fetched[indices[j]]) for j in ids]
-        out.append(mbs.build_micro_batch(seqs, ids, budget is not None, pad_id, multiple))
+        out.append(build_micro_batch(seqs, ids, budget is not None, pad_id, multiple))
     return [m.to(info.device) for m in out], sum(lengths)
 
 
@@ -108,7 +106,7 @@ def validation_loss(cfg: RunConfig, chunks: list, dataset: Any, info: DistInfo, 
         c.eval()
     total, count = 0.0, 0.0
     g = cfg.training.global_batch_size
-    step = make_forward_step(cfg, sft_loss, varlen)
+    step = make_forward_step(cfg, sft_loss_func, varlen)
     for start in range(0, len(dataset), g):
         indices = list(range(start, min(len(dataset), start + g)))
         micro, _ = build_micro_batches(cfg, dataset, indices, info, pad_id)
@@ -120,97 +118,94 @@ def validation_loss(cfg: RunConfig, chunks: list, dataset: Any, info: DistInfo, 
     return total / max(count, 1.0)
 
 
-# ---- the loop ------------------------------------------------------------------------------------------
+# ---- the trainer ---------------------------------------------------------------------------------------
+
+@dataclass
+class SFTState:
+    """What an SFT checkpoint carries besides weights, optimizer, scheduler and RNG."""
+
+    data: dict
+    """:class:`GlobalBatches` position (epoch, batches consumed, seed)."""
+    skips: dict
+    tokens_seen: int = 0
+
+
+class SFTTrainer(Trainer):
+    """Cold-start SFT: global batches in a seeded epoch order, token-mean loss over assistant tokens."""
+
+    desc = "sft"
+    line_keys = ("loss", "grad_norm", "lr", "tokens_per_s")
+    summary_keys = ("loss", "step_s", "tokens_per_s")
+
+    def __init__(self, cfg: RunConfig, info: DistInfo) -> None:
+        from megatron_mmr1.data.dataset import build_dataset
+        from megatron_mmr1.data.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model.tokenizer_path or cfg.model.hf_path)
+        self.train_ds = build_dataset(cfg.data, tokenizer)
+        self.val_ds = build_dataset(cfg.data, tokenizer, files=cfg.data.val_files) if cfg.data.val_files else None
+        self.pad_id = getattr(self.train_ds.formatter, "endoftext_id", 0) or 0
+        self.batches = GlobalBatches(len(self.train_ds), cfg.training.global_batch_size, cfg.data.seed)
+        total = cfg.training.epochs * self.batches.per_epoch if cfg.training.epochs else cfg.training.train_iters
+        super().__init__(cfg, info, total, 1, sft_loss_func)
+        self.tokens_seen = 0
+        self.val_first: Optional[float] = None
+        self.val_last: Optional[float] = None
+        self.resume()
+        logger.info("SFT: %d conversations, %d steps (%d per epoch) from step %d, %.2fM params/rank, tp=%d pp=%d "
+                    "dp=%d, %s micro-batches", len(self.train_ds), total, self.batches.per_epoch, self.step,
+                    self.params_m, info.tp, info.pp, info.dp,
+                    f"packed to {token_budget(cfg)} tokens" if token_budget(cfg) else
+                    f"{cfg.training.micro_batch_size}-sequence")
+
+    def train_step(self) -> dict[str, float]:
+        with self.timer("data"):
+            micro, real_tokens = build_micro_batches(self.cfg, self.train_ds, self.batches.next(), self.info,
+                                                     self.pad_id)
+        with self.timer("train"):
+            result = train_step(self.cfg, self.chunks, self.optimizer, self.scheduler, self.forward_step, micro,
+                                self.info.device)
+        self.skips.update(result.skipped, self.step + 1, result.loss, result.grad_norm)
+        self.tokens_seen += real_tokens
+        return {"loss": result.loss, "grad_norm": result.grad_norm, "tokens": real_tokens,
+                "loss_tokens": result.num_tokens, "micro_batches": len(micro)}
+
+    def validate(self) -> Optional[float]:
+        """Validation loss at the current step, logged (None without ``data.val_files``)."""
+        if self.val_ds is None:
+            return None
+        val = validation_loss(self.cfg, self.chunks, self.val_ds, self.info, self.pad_id, self.varlen)
+        self.monitor.scalars({"loss": val}, self.step, prefix="val/")
+        self.monitor.write(f"validation loss at step {self.step}: {val:.4f}")
+        return val
+
+    def on_start(self) -> None:
+        self.val_first = self.validate()
+
+    def after_step(self, metrics: dict[str, float]) -> None:
+        interval = self.cfg.training.eval_interval
+        if interval and self.step % interval == 0 and self.step < self.total_steps:
+            self.validate()
+
+    def on_end(self) -> None:
+        self.val_last = self.validate()
+
+    def summary_extra(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"tokens_seen": self.tokens_seen}
+        if self.val_first is not None and self.val_last is not None:
+            out.update(val_loss_first=self.val_first, val_loss_last=self.val_last)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(SFTState(data=self.batches.state_dict(), skips=self.skips.state_dict(),
+                               tokens_seen=self.tokens_seen))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        st = SFTState(**state)
+        self.batches.load_state_dict(st.data)
+        self.skips.load_state_dict(st.skips)
+        self.tokens_seen = int(st.tokens_seen)
+
 
 def run(cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
-    from megatron_mmr1.data.dataset import build_dataset
-    from megatron_mmr1.data.tokenizer import load_tokenizer
-
-    if cfg.data.kind != "sft":
-        raise ConfigError("training.mode=sft needs data.kind=sft (conversation records)")
-    if not cfg.data.train_files:
-        raise ConfigError("training.mode=sft needs data.train_files")
-    tok_path = cfg.model.tokenizer_path or cfg.model.hf_path
-    if not tok_path:
-        raise ConfigError("training.mode=sft needs model.tokenizer_path or model.hf_path")
-    tokenizer = load_tokenizer(tok_path)
-    train_ds = build_dataset(cfg.data, tokenizer)
-    val_ds = build_dataset(cfg.data, tokenizer, files=cfg.data.val_files) if cfg.data.val_files else None
-    pad_id = getattr(train_ds.formatter, "endoftext_id", 0) or 0
-    batches = GlobalBatches(len(train_ds), cfg.training.global_batch_size, cfg.data.seed)
-    total = cfg.training.epochs * batches.per_epoch if cfg.training.epochs else cfg.training.train_iters
-    varlen = varlen_attention(cfg)
-
-    chunks = build_policy(cfg)
-    optimizer = build_optimizer(cfg, chunks)
-    scheduler = build_scheduler(cfg, optimizer, total)
-    skips = SkipCounter(cfg.training.max_skipped_steps)
-    start, tokens_seen = 0, 0
-    load_dir = resolve_load_dir(cfg.checkpoint.load) if cfg.checkpoint.load else None
-    if load_dir is not None:
-        meta = load_checkpoint(load_dir, chunks, optimizer, scheduler)
-        start = int(meta["step"])
-        batches.load_state_dict(meta["trainer"]["data"])
-        skips.load_state_dict(meta["trainer"]["skips"])
-        tokens_seen = int(meta["trainer"].get("tokens_seen", 0))
-    logger.info("SFT: %d conversations, %d steps (%d per epoch) from step %d, %.2fM params/rank, tp=%d pp=%d dp=%d, "
-                "%s micro-batches", len(train_ds), total, batches.per_epoch, start,
-                count_params(chunks) / 1e6, info.tp, info.pp, info.dp,
-                f"packed to {token_budget(cfg)} tokens" if token_budget(cfg) else
-                f"{cfg.training.micro_batch_size}-sequence")
-
-    def trainer_state() -> dict:
-        return {"data": batches.state_dict(), "skips": skips.state_dict(), "tokens_seen": tokens_seen}
-
-    ckpt = Checkpointer(cfg, chunks, optimizer, scheduler, trainer_state)
-
-    monitor = RunMonitor(cfg, info.rank, total, start, desc="sft")
-    forward_step = make_forward_step(cfg, sft_loss, varlen)
-    timer = PhaseTimer()
-    val_first = None
-    if val_ds is not None:
-        val_first = validation_loss(cfg, chunks, val_ds, info, pad_id, varlen)
-        monitor.scalars({"loss": val_first}, start, prefix="val/")
-        monitor.write(f"validation loss at step {start}: {val_first:.4f}")
-    step = start
-    interrupted = False
-    with StopSignal() as stop:
-        while step < total:
-            t0 = time.perf_counter()
-            with timer("data"):
-                micro, real_tokens = build_micro_batches(cfg, train_ds, batches.next(), info, pad_id)
-            with timer("train"):
-                result = train_step(cfg, chunks, optimizer, scheduler, forward_step, micro, info.device)
-            step += 1
-            skips.update(result.skipped, step, result.loss, result.grad_norm)
-            tokens_seen += real_tokens
-            dt = time.perf_counter() - t0
-            metrics = {"loss": result.loss, "lr": current_lr(optimizer), "grad_norm": result.grad_norm,
-                       "tokens_per_s": real_tokens / max(dt, 1e-9), "tokens": real_tokens,
-                       "loss_tokens": result.num_tokens, "micro_batches": len(micro),
-                       "skipped_steps": skips.total, "step_s": dt,
-                       **{f"time/{k}_s": v for k, v in timer.pop().items()}}
-            monitor.step(step, metrics, ("loss", "grad_norm", "lr", "tokens_per_s"))
-            if val_ds is not None and cfg.training.eval_interval and step % cfg.training.eval_interval == 0 \
-                    and step < total:
-                val = validation_loss(cfg, chunks, val_ds, info, pad_id, varlen)
-                monitor.scalars({"loss": val}, step, prefix="val/")
-                monitor.write(f"validation loss at step {step}: {val:.4f}")
-            if stop.should_stop(info.device):
-                interrupted = True
-                break
-            ckpt.periodic(step, total)
-    if interrupted:
-        monitor.write(ckpt.interrupted(step, total))
-        return monitor.summary({"interrupted_at": step, "tokens_seen": tokens_seen}, ("loss",))
-    val_last = validation_loss(cfg, chunks, val_ds, info, pad_id, varlen) if val_ds is not None else None
-    if val_last is not None:
-        monitor.scalars({"loss": val_last}, step, prefix="val/")
-    if step > start:
-        ckpt.save(step)
-    if cfg.checkpoint.export_hf:
-        export_hf(cfg, chunks, cfg.checkpoint.export_hf)
-    extra = {"steps": step, "tokens_seen": tokens_seen, "skipped_steps": skips.total}
-    if val_first is not None:
-        extra.update(val_loss_first=val_first, val_loss_last=val_last)
-    return monitor.summary(extra, ("loss", "step_s", "tokens_per_s"), window=max(1, min(5, (step - start) // 4)))
+    return SFTTrainer(cfg, info).train()

@@ -77,6 +77,11 @@ def progress(iterable: Iterable, desc: str = "", total: Optional[int] = None, en
     return tqdm(iterable, desc=desc, total=total, dynamic_ncols=True, **kwargs)
 
 
+def tensorboard_dir(cfg: Any) -> str:
+    """Where a run's TensorBoard events go: ``logging.tensorboard_dir``, else ``<output_dir>/tensorboard``."""
+    return cfg.logging.tensorboard_dir or str(Path(cfg.output_dir) / "tensorboard")
+
+
 class TensorBoardWriter:
     """SummaryWriter on rank 0, a no-op elsewhere (and when ``log_dir`` is None)."""
 

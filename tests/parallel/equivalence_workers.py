@@ -54,7 +54,7 @@ def step_and_save(tp: int, pp: int, weights_dir: str, grads_dir: str, save_weigh
     vocab = resolve_model_dims(cfg.model)["vocab_size"]
     batches = lm_smoke.synthetic_batches(7, NUM_MICRO, MICRO_BATCH, SEQ, vocab, info.device)
     model.zero_grad_buffer()
-    loss = lm_smoke.forward_backward(model, batches, SEQ, MICRO_BATCH)
+    loss = lm_smoke.forward_backward(model, batches)
     _grads_as_params(model)
     dist_checkpointing.save(model.module.sharded_state_dict(), grads_dir)
     return loss if mpu.get_tensor_model_parallel_rank() == 0 else None
@@ -92,7 +92,7 @@ def recompute_losses() -> tuple[float, float, float]:
         model = lm_smoke.build_model(cfg)  # same seed -> same weights
         batches = lm_smoke.synthetic_batches(7, NUM_MICRO, MICRO_BATCH, SEQ, resolve_model_dims(cfg.model)["vocab_size"], info.device)
         model.zero_grad_buffer()
-        loss = lm_smoke.forward_backward(model, batches, SEQ, MICRO_BATCH)
+        loss = lm_smoke.forward_backward(model, batches)
         grad = torch.cat([p.main_grad.flatten() for p in model.module.parameters()])
         out.append((loss, grad))
         parallel.destroy()

@@ -46,7 +46,7 @@ def train_grads(counts: list[int]) -> dict[bool, list[tuple[float, float, torch.
         steps = []
         for i, n in enumerate(counts):
             raw = lm_smoke.synthetic_batches(100 * i + info.dp_rank, n, MICRO_BATCH, SEQ, vocab, info.device)
-            micro = [SimpleNamespace(input_ids=b.tokens, position_ids=b.position_ids, labels=b.labels) for b in raw]
+            micro = [SimpleNamespace(input_ids=b.input_ids, position_ids=b.position_ids, labels=b.labels) for b in raw]
             r = engine.train_step(cfg, chunks, optimizer, scheduler, _forward_step, micro, info.device)
             grads = torch.cat([p.main_grad.flatten() for p in chunks[0].module.parameters()])
             steps.append((r.loss, r.grad_norm, grads.clone()))

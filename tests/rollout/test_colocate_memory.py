@@ -18,21 +18,49 @@ def test_every_rank_frees_its_cache_before_the_servers_resume(tmp_path):
     assert lines[2:] == ["resume 0"], lines
 
 
-def test_servers_are_released_before_the_logprob_passes(monkeypatch):
+def test_one_grpo_step_follows_algorithm_1_and_releases_the_servers_before_the_logprob_passes(monkeypatch):
+    """GRPOTrainer.train_step's order: rollouts, servers released, old / ref log-probs, the updates, the
+    in-flight generation finished, then the weight sync (tagged with the new step)."""
     from megatron_mmr1.training import grpo
+    from megatron_mmr1.training.engine import StepResult
+    from megatron_mmr1.training.experience import RolloutBatch, RolloutRecord
+    from megatron_mmr1.training.faults import SkipCounter
+    from megatron_mmr1.training.monitor import PhaseTimer
 
     order = []
     micro = [SimpleNamespace()]
-    monkeypatch.setattr(grpo, "optimizer_steps", lambda *a: ([micro, micro], 1.0, 1.0))  # two updates: old log-probs
+    plan = grpo.UpdatePlan([micro, micro], 1.0, 1.0)  # two updates: the old log-probs are needed
+    monkeypatch.setattr(grpo, "plan_updates", lambda *a: plan)
     monkeypatch.setattr(grpo, "fill_logprobs", lambda cfg, chunks, steps, key, *a: order.append(key))
-    monkeypatch.setattr(grpo, "train_step", lambda *a: order.append("train"))
-    monkeypatch.setattr(grpo, "_update_metrics", lambda *a: {})
+    monkeypatch.setattr(grpo, "train_step", lambda *a: order.append("train") or StepResult(0.5, 4, 1.0, False))
+    record = RolloutRecord(index=0, group=0, prompt_ids=[1, 2], response_ids=[3], rollout_logprobs=[-0.1],
+                           loss_mask=[1], reward=1.0, advantage=0.5, accuracy=1.0, format=1.0, truncated=False)
+
+    class Rollout:
+        def generate(self, step, version):
+            order.append(f"generate {step} {version}")
+            return RolloutBatch([record], [0], {"reward/mean": 1.0}, version=version)
+
+        def release_memory(self):
+            order.append("release")
+
+        def finish_generation(self):
+            order.append("finish_generation")
+
+        def update_weights(self, chunks, version):
+            order.append(f"sync {version}")
+            return {}
 
     class Reference:
         @contextlib.contextmanager
         def swapped_in(self, chunks):
             yield
 
-    grpo.update_policy(load_config(None), SimpleNamespace(device="cpu"), [], None, None, None, Reference(), [], None, 0, False,
-                       grpo.PhaseTimer(), before_train=lambda: order.append("release"))
-    assert order == ["release", "old_logp", "ref_logp", "train", "train"]
+    trainer = grpo.GRPOTrainer.__new__(grpo.GRPOTrainer)  # the step alone: no model, no servers
+    trainer.__dict__.update(cfg=load_config(None), info=SimpleNamespace(device="cpu", dp=1, dp_rank=0), chunks=[],
+                            reference=Reference(), rollout=Rollout(), timer=PhaseTimer(), skips=SkipCounter(3),
+                            step=4, version="4", rollouts_total=0, monitor=SimpleNamespace(text=lambda *a: None),
+                            dataset=None, pad_id=0, varlen=False, optimizer=None, scheduler=None, forward_step=None)
+    metrics = trainer.train_step()
+    assert order == ["generate 4 4", "release", "old_logp", "ref_logp", "train", "train", "finish_generation", "sync 5"]
+    assert trainer.version == "5" and metrics["optimizer_steps"] == 2.0 and metrics["rollouts_total"] == 1.0

@@ -2,7 +2,6 @@
 and a live fleet of stand-in servers + the real router: health wait, URL output, a dead server
 that does not take the rest down and is restarted, the stop command."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -15,10 +14,7 @@ import requests
 
 from tests.rollout.helpers import ROOT, free_port
 
-spec = importlib.util.spec_from_file_location("launch_sglang", ROOT / "tools" / "launch_sglang.py")
-launch_sglang = importlib.util.module_from_spec(spec)
-sys.modules["launch_sglang"] = launch_sglang  # dataclasses look their module up there
-spec.loader.exec_module(launch_sglang)
+from megatron_mmr1.rollout import launch as launch_sglang  # noqa: E402  (tools/launch_sglang.py is its CLI)
 
 
 def test_sglang_command_lines_place_tp_groups_on_gpus():

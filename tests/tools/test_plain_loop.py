@@ -1,18 +1,14 @@
-"""tools/plain_loop.py, the single-process yardstick: its policy gradient equals the textbook one computed
-response by response (no padding), its schedule, and a short SFT -> GRPO run end to end."""
+"""megatron_mmr1.baselines.plain_loop (CLI: tools/plain_loop.py), the single-process yardstick: its policy
+gradient equals the textbook one computed response by response (no padding), its schedule, and a short SFT -> GRPO run end to end."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("plain_loop", ROOT / "tools" / "plain_loop.py")
-plain = sys.modules.setdefault("plain_loop", importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(plain)
+from megatron_mmr1.baselines import plain_loop as plain
+
 
 
 @pytest.fixture(scope="module")

@@ -54,21 +54,20 @@ def _setup(overrides: list[str]):
 
 
 def grpo_update(overrides: list[str], export_dir: str) -> dict:
-    """One GRPO update on fixed rollouts, then the weights exported to ``export_dir`` (HF)."""
-    from megatron_mmr1.training import grpo, engine
+    """One GRPO update on fixed rollouts (the trainer without servers), then the weights exported to
+    ``export_dir`` (HF)."""
+    from megatron_mmr1 import parallel
     from megatron_mmr1.training.checkpointing import export_hf
-    from megatron_mmr1.training.monitor import PhaseTimer
+    from megatron_mmr1.training.grpo import GRPOTrainer
 
-    cfg, info, ds, chunks, ref = _setup(overrides)
+    cfg = _cfg(overrides)
+    info = parallel.initialize(cfg.parallel)
+    trainer = GRPOTrainer(cfg, info, with_rollout=False)  # the reference: the initial weights
     with torch.no_grad():  # a policy that differs from the reference (so the KL term has a gradient),
-        for p in chunks[0].parameters():  # elementwise in the value: the same under any TP/PP sharding
+        for p in trainer.chunks[0].parameters():  # elementwise in the value: the same under any TP/PP sharding
             p.add_(0.01 * torch.sin(1000.0 * p))
-    optimizer = engine.build_optimizer(cfg, chunks)
-    scheduler = engine.build_scheduler(cfg, optimizer, 1)
-    step = grpo.make_forward_step(cfg, grpo.grpo_loss, varlen=False)
-    metrics = grpo.update_policy(cfg, info, chunks, optimizer, scheduler, step, ref, fixed_records(cfg, ds), ds,
-                                 pad_id=0, varlen=False, timer=PhaseTimer())
-    export_hf(cfg, chunks, export_dir)
+    metrics = trainer.update_policy(fixed_records(cfg, trainer.dataset))
+    export_hf(cfg, trainer.chunks, export_dir)
     return metrics
 
 
@@ -84,12 +83,12 @@ def grpo_split_gradients(overrides: list[str], budgets: dict[str, dict]) -> dict
         plan = dict(plan)
         algo = dataclasses.replace(cfg.algorithm, **plan.pop("algorithm", {}))
         pcfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, **plan), algorithm=algo)
-        steps, _, _ = grpo.optimizer_steps(pcfg, records, ds, info, 0, {})
+        steps = grpo.plan_updates(pcfg, records, ds, info, 0).micro_batches
         if ref is not None:
             fill_logprobs(pcfg, chunks, steps, "ref_logp", pcfg.rollout.temperature, False)
         for c in chunks:
             c.zero_grad_buffer()
-        engine.forward_backward(chunks, grpo.make_forward_step(pcfg, grpo.grpo_loss, False), steps[0])
+        engine.forward_backward(chunks, engine.make_forward_step(pcfg, grpo.grpo_loss_func, False), steps[0])
         out[name] = {"__num_micro_batches": torch.tensor(len(steps[0])),
                      **{n: p.main_grad.detach().clone() for n, p in chunks[0].module.named_parameters()}}
     return out
@@ -105,11 +104,11 @@ def grpo_gradient_hf(overrides: list[str]) -> dict:
 
     cfg, info, ds, chunks, _ = _setup(overrides)
     records = fixed_records(cfg, ds)
-    steps, _, _ = grpo.optimizer_steps(cfg, records, ds, info, 0, {})
+    steps = grpo.plan_updates(cfg, records, ds, info, 0).micro_batches
     assert len(steps) == 1, "one optimizer step expected"
     for c in chunks:
         c.zero_grad_buffer()
-    engine.forward_backward(chunks, grpo.make_forward_step(cfg, grpo.grpo_loss, engine.varlen_attention(cfg)), steps[0])
+    engine.forward_backward(chunks, engine.make_forward_step(cfg, grpo.grpo_loss_func, engine.varlen_attention(cfg)), steps[0])
     with torch.no_grad():
         for c in chunks:
             for p in c.parameters():

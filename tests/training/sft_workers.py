@@ -79,7 +79,7 @@ def split_gradients(overrides: list[str], plans: dict[str, dict]) -> dict[str, d
         micro, _ = sft.build_micro_batches(pcfg, ds, indices, info, pad_id=0)
         for c in chunks:
             c.zero_grad_buffer()
-        step = sft.make_forward_step(pcfg, sft.sft_loss, varlen=False)
+        step = engine.make_forward_step(pcfg, sft.sft_loss_func, varlen=False)
         outputs = engine.forward_backward(chunks, step, micro)
         loss = engine.reduce_loss_dicts(outputs, info.device)
         out[name] = {"__num_micro_batches": torch.tensor(len(micro)), "__loss": torch.tensor(loss["loss"]),

@@ -54,22 +54,22 @@ def values(summary: dict, key: str) -> list[float]:
 
 
 def test_staleness_counts_weight_versions():
-    assert grpo._staleness(None, None) == 0  # step 1: initial weights on both sides
-    assert grpo._staleness("1", None) == 1  # step 2 of an overlapped run: sampled before the first sync
-    assert grpo._staleness("5", "4") == 1
-    assert grpo._staleness("5", "5") == 0
-    assert grpo._staleness("5", "3") == 2
+    assert grpo.weight_staleness(None, None) == 0  # step 1: initial weights on both sides
+    assert grpo.weight_staleness("1", None) == 1  # step 2 of an overlapped run: sampled before the first sync
+    assert grpo.weight_staleness("5", "4") == 1
+    assert grpo.weight_staleness("5", "5") == 0
+    assert grpo.weight_staleness("5", "3") == 2
 
 
 @pytest.fixture(scope="module")
 def sync_run(task, tmp_path_factory):
     d = tmp_path_factory.mktemp("sync")
-    (s,) = spawn(run_recorded, 1, grpo_overrides(task, d, "training.train_iters=3", *SEEDED), timeout_s=600)
+    (s,) = spawn(run_recorded, 1, grpo_overrides(task, d, "training.rollout_steps=3", *SEEDED), timeout_s=600)
     return s
 
 
 def test_overlapped_run_is_exactly_one_version_stale(task, tmp_path, sync_run):
-    (s,) = spawn(run_recorded, 1, grpo_overrides(task, tmp_path, "training.train_iters=3", "training.async_rollout=true",
+    (s,) = spawn(run_recorded, 1, grpo_overrides(task, tmp_path, "training.rollout_steps=3", "training.async_rollout=true",
                                                  *SEEDED), timeout_s=600)
     assert s["steps"] == 3 and s["rollouts_total"] == 3 * 16
     assert values(s, "async/staleness") == [0.0, 1.0, 1.0]
@@ -91,7 +91,7 @@ def test_overlapped_run_is_exactly_one_version_stale(task, tmp_path, sync_run):
 def test_training_on_older_responses_stops_the_run(task, tmp_path):
     """A batch two versions old (step 3 fed step 2's batch, sampled before any update) must not train."""
     with pytest.raises(AssertionError, match=r"step 3: rollouts are 2 weight versions old \(bound: 1\)"):
-        spawn(run_recorded, 1, grpo_overrides(task, tmp_path, "training.train_iters=3", "training.async_rollout=true",
+        spawn(run_recorded, 1, grpo_overrides(task, tmp_path, "training.rollout_steps=3", "training.async_rollout=true",
                                               *SEEDED), 2, timeout_s=600)
 
 
@@ -100,7 +100,7 @@ def test_synchronous_loop_is_on_policy_and_reproducible(task, tmp_path, sync_run
     # every batch is sampled with the weights of the step before it, and the server says so
     assert [(step, version) for step, version, _ in sync_run["produced"]] == [(0, None), (1, "1"), (2, "2")]
     assert [v for _, _, v in sync_run["produced"][1:]] == [["1"], ["2"]]
-    (again,) = spawn(run_recorded, 1, grpo_overrides(task, tmp_path, "training.train_iters=3",
+    (again,) = spawn(run_recorded, 1, grpo_overrides(task, tmp_path, "training.rollout_steps=3",
                                                      "training.async_rollout=false", *SEEDED), timeout_s=600)
     for key in COMPARED:
         assert values(again, key) == values(sync_run, key), key

@@ -112,7 +112,7 @@ def test_three_steps_with_two_ranks_sync_weights_to_the_servers(task, tmp_path):
     urls = group.start(timeout_s=180)
     try:
         summaries = spawn(run_grpo, 2, grpo_overrides(
-            task, tmp_path, "parallel.tp=2", "training.train_iters=3", f"rollout.server_urls=[{urls[0]}]",
+            task, tmp_path, "parallel.tp=2", "training.rollout_steps=3", f"rollout.server_urls=[{urls[0]}]",
             "rollout.temperature=1.0", f"checkpoint.export_hf={tmp_path}/hf",
             "algorithm.entropy_coef=0.01"), timeout_s=600)  # the random policy scores 0: the entropy term trains
         s = summaries[0]
@@ -138,7 +138,7 @@ def test_three_steps_with_two_ranks_sync_weights_to_the_servers(task, tmp_path):
 
 
 def test_resume_draws_the_same_prompts_and_reproduces_the_losses(task, tmp_path):
-    common = ("training.train_iters=3", "checkpoint.save_interval=2", "checkpoint.keep_last=3", "rollout.seed=7",
+    common = ("training.rollout_steps=3", "checkpoint.save_interval=2", "checkpoint.keep_last=3", "rollout.seed=7",
               "vps.update_interval=2")
     ckpt = tmp_path / "ckpt"
     (full,) = spawn(run_grpo, 1, grpo_overrides(task, tmp_path / "a", *common, f"checkpoint.save={ckpt}"), timeout_s=600)
@@ -153,7 +153,7 @@ def test_resume_draws_the_same_prompts_and_reproduces_the_losses(task, tmp_path)
 def test_colocated_run_releases_and_resumes_the_servers(task, tmp_path):
     """SGLang's order (slime's colocated path): pause -> release everything -> train -> resume weights ->
     update -> resume KV cache and CUDA graphs -> continue."""
-    (s,) = spawn(run_grpo, 1, grpo_overrides(task, tmp_path, "training.train_iters=2", "rollout.colocate=true", "rollout.num_servers=1",
+    (s,) = spawn(run_grpo, 1, grpo_overrides(task, tmp_path, "training.rollout_steps=2", "rollout.colocate=true", "rollout.num_servers=1",
                                              "rollout.weight_sync=tensor", "parallel.backend=gloo", f"data.val_files=[{task.rl_val}]",
                                              "training.eval_interval=1", "eval.max_samples=6", "eval.max_new_tokens=8"),
                  True, timeout_s=600)

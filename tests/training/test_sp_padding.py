@@ -29,7 +29,7 @@ def _grpo_micro_batches(cfg, dp_rank: int) -> list[mbs.MicroBatch]:
     dataset = SimpleNamespace(get_batch=lambda ids: SimpleNamespace(
         samples=[SimpleNamespace(index=i, pixel_values=None, image_grid_thw=None) for i in ids]))
     info = SimpleNamespace(dp=2, dp_rank=dp_rank, device=torch.device("cpu"))
-    (steps,), _, _ = grpo.optimizer_steps(cfg, records, dataset, info, 0, {})
+    (steps,) = grpo.plan_updates(cfg, records, dataset, info, 0).micro_batches
     return steps
 
 
