@@ -233,6 +233,9 @@ class VPSConfig:
     """Weight of TDS (trajectory diversity)."""
     tds_metrics: list[str] = field(default_factory=lambda: ["self_bleu"])
     """Diversity metrics averaged into TDS: self_bleu (1 - self-BLEU-123), distinct_n, edit_distance."""
+    tds_gate: bool = False
+    """TDS counts only where OVS > 0: a prompt whose rollouts all got the same accuracy keeps VPS 0 however
+    diverse they were (false: the paper's alpha * OVS + beta * TDS for every prompt; docs/vas.md)."""
     momentum: float = 0.0
     """w = m * w_old + (1 - m) * w_new."""
     prior: float = 1.0

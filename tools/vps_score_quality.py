@@ -19,8 +19,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 GRPO_CONFIG = "examples/configs/tiny_cpu_grpo.yaml"
-SETTINGS = (  # (score_n, alpha, beta)
-    (4, 0.8, 0.2), (4, 1.0, 0.0), (8, 0.8, 0.2), (8, 1.0, 0.0), (8, 0.0, 1.0), (4, 0.0, 1.0))
+SETTINGS = (  # (score_n, alpha, beta, vps.tds_gate)
+    (4, 0.8, 0.2, False), (4, 0.8, 0.2, True), (4, 1.0, 0.0, False), (4, 0.0, 1.0, False),
+    (8, 0.8, 0.2, False), (8, 0.8, 0.2, True), (8, 1.0, 0.0, False), (8, 0.0, 1.0, False))
 
 
 def rollouts(sft_hf: Path, pool: Path, m: int, out: Path, temperature: float, max_tokens: int, seed: int) -> dict:
@@ -82,12 +83,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"always solved: {float((acc.sum(1) == 0).double().mean()):.3f} / "
           f"{float((acc.sum(1) == acc.shape[1]).double().mean()):.3f}", flush=True)
     rows = []
-    for score_n, alpha, beta in SETTINGS:
+    for score_n, alpha, beta, gate in SETTINGS:
         if args.m - score_n < args.n:
             continue
-        cfg = VPSConfig(alpha=alpha, beta=beta, tds_metrics=["self_bleu"])
+        cfg = VPSConfig(alpha=alpha, beta=beta, tds_metrics=["self_bleu"], tds_gate=gate)
         r = score_quality(acc, data["tokens"], cfg, score_n, args.n, args.lam, args.splits, args.seed)
-        rows.append((f"{score_n} rollouts, alpha {alpha:g} / beta {beta:g}", r))
+        rows.append((f"{score_n} rollouts, alpha {alpha:g} / beta {beta:g}" + (", tds_gate" if gate else ""), r))
         print(rows[-1][0], {k: round(v, 4) for k, v in r.items()}, flush=True)
     table = quality_table(rows)
     (args.out / "table.md").write_text(table)

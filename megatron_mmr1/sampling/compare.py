@@ -14,6 +14,7 @@ Arms (the same settings, seeds and training rollouts; they differ in how prompts
                        not trained on; VAS still observes them)
   vas-full             ``vps.refresh=full`` (the paper): every prompt scored with ``score_n`` fresh rollouts
                        before step 1 and every ``full_interval`` steps, VPS alpha / beta
+  vas-full-gated       the same with ``vps.tds_gate=true``: TDS counts only where OVS > 0
   vas-online           ``vps.refresh=online``: scores from the training rollouts, stale prompts re-scored
                        every ``online_interval`` steps
 """
@@ -28,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-ARMS = ("uniform", "vas-training", "vas-training-filter", "vas-full", "vas-online")
+ARMS = ("uniform", "vas-training", "vas-training-filter", "vas-full", "vas-full-gated", "vas-online")
 ACC_KEY = "eval/average/accuracy"
 ZERO_VAR_ACC = "vas/zero_variance_frac"
 """Zero-variance group fraction of the accuracy reward (what VAS targets)."""
@@ -83,6 +84,8 @@ def arm_overrides(arm: str, s: Settings) -> list[str]:
     vps = [f"vps.alpha={s.alpha}", f"vps.beta={s.beta}"]
     if arm == "vas-full":
         return ["sampler.type=vas", "vps.refresh=full", f"vps.update_interval={s.full_interval}", *vps]
+    if arm == "vas-full-gated":
+        return arm_overrides("vas-full", s) + ["vps.tds_gate=true"]
     if arm == "vas-online":
         return ["sampler.type=vas", "vps.refresh=online", f"vps.update_interval={s.online_interval}", *vps]
     raise ValueError(f"unknown arm {arm!r} (known: {', '.join(ARMS)})")

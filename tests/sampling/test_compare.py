@@ -179,6 +179,7 @@ def test_arms_of_the_training_refresh():
     # the paper's VPS is pinned in the scoring arms, whatever the tiny config's own vps defaults are
     assert {"vps.alpha=0.8", "vps.beta=0.2"} <= set(vvu.arm_overrides("vas-full", s))
     assert "vps.alpha=0.5" in vvu.arm_overrides("vas-online", vvu.Settings(alpha=0.5))
+    assert vvu.arm_overrides("vas-full-gated", s) == vvu.arm_overrides("vas-full", s) + ["vps.tds_gate=true"]
 
 
 def test_generated_rollouts_count_filtered_groups():
