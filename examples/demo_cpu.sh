@@ -19,7 +19,6 @@ SFT_CONFIG=examples/configs/tiny_cpu_sft.yaml
 GRPO_CONFIG=examples/configs/tiny_cpu_grpo.yaml
 GRPO_STEPS=${GRPO_STEPS:-30}  # 8 prompts x 8 responses per step (~7 s each): format rises, held-out accuracy by +0.01 to +0.055
                               # in 30 steps (SE ~0.02; docs/training.md); 30 keeps a fresh `make demo` (2.3 min of .venv set-up included) under 15 min
-GRPO_SCORING_N=4      # VPS re-scoring rollouts per stale prompt (online refresh; the config's 8): half the scoring time
 GRPO_TEMPERATURE=1.0  # the config's 0.6 is the paper's; on this policy 1.0 leaves fewer groups with equal rewards
                       # (zero-variance fraction ~0.45 against ~0.65 over 30 steps), so more of each step's rollouts train
 GRPO_KL=false         # as the plain on-policy loop it is measured against (tools/plain_loop.py); saves the reference forward
@@ -107,7 +106,6 @@ stage_grpo() {
         output_dir="$OUT/grpo" training.rollout_steps=$GRPO_STEPS training.eval_interval=$GRPO_STEPS \
         data.max_response_length=$EVAL_TOKENS eval.max_new_tokens=$EVAL_TOKENS eval.max_samples=null \
         rollout.num_servers=2 rollout.temperature=$GRPO_TEMPERATURE optim.lr=1.0e-4 algorithm.use_kl_loss=$GRPO_KL \
-        vps.num_rollouts=$GRPO_SCORING_N \
         checkpoint.export_hf="$OUT/grpo/hf"
     $PY - "$OUT/grpo/summary.json" <<'PYEOF'
 import json, sys

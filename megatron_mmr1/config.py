@@ -215,7 +215,8 @@ class AlgorithmConfig:
     loss_agg_mode: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = "token-mean"
     """How per-token losses are reduced."""
     dynamic_filtering: bool = False
-    """DAPO-style: drop groups whose rewards all agree."""
+    """DAPO-style: train only on groups whose (total) rewards differ; with sampler.type=vas the sampler still
+    observes every group's outcome (filtering picks what is trained on, VAS what is rolled out)."""
     kernel_backend: Literal["auto", "triton", "torch", "reference"] = "auto"
     """Fused loss/log-prob path: auto = Triton on CUDA, torch on CPU; reference = full logits (bisecting)."""
     tis_clip: Optional[float] = None
@@ -232,18 +233,24 @@ class VPSConfig:
     """Weight of TDS (trajectory diversity)."""
     tds_metrics: list[str] = field(default_factory=lambda: ["self_bleu"])
     """Diversity metrics averaged into TDS: self_bleu (1 - self-BLEU-123), distinct_n, edit_distance."""
+    tds_gate: bool = False
+    """TDS counts only where OVS > 0: a prompt whose rollouts all got the same accuracy keeps VPS 0 however
+    diverse they were (false: the paper's alpha * OVS + beta * TDS for every prompt; docs/vas.md)."""
     momentum: float = 0.0
     """w = m * w_old + (1 - m) * w_new."""
     prior: float = 1.0
     """Score of prompts never scored yet (after min-max normalisation)."""
-    refresh: Literal["full", "online"] = "full"
-    """full: re-score all prompts every update_interval steps (paper); online: from training rollouts."""
+    refresh: Literal["full", "online", "training"] = "full"
+    """full: re-score all prompts with num_rollouts fresh rollouts every update_interval steps (the paper);
+    online: scores from the training rollouts, stale prompts re-scored at each refresh; training: scores
+    from the training rollouts only (the n of each group), weights recomputed before every batch, no
+    scoring rollouts at all (update_interval, num_rollouts, scoring_batch_size, stale_after unread)."""
     update_interval: int = 56
-    """T_update: steps between refreshes."""
+    """T_update: steps between refreshes (full, online)."""
     num_rollouts: int = 16
-    """N: fresh rollouts per prompt when scoring."""
+    """N: fresh rollouts per prompt when scoring (full, online)."""
     scoring_batch_size: int = 4096
-    """Prompts per scoring rollout batch."""
+    """Prompts per scoring rollout batch (full, online)."""
     stale_after: int = 2
     """online refresh: re-score prompts older than this many refreshes."""
 
@@ -642,6 +649,11 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None, nnodes: Optional[
     _check(cfg.vps.beta == 0 or cfg.vps.tds_metrics, "vps.beta > 0 needs at least one vps.tds_metrics entry")
     _check(cfg.vps.update_interval >= 1, f"vps.update_interval={cfg.vps.update_interval} must be >= 1")
     _check(cfg.vps.num_rollouts >= 2, f"vps.num_rollouts={cfg.vps.num_rollouts} must be >= 2 (variance)")
+    _check(cfg.vps.scoring_batch_size >= 1, f"vps.scoring_batch_size={cfg.vps.scoring_batch_size} must be >= 1")
+    _check(cfg.vps.stale_after >= 0, f"vps.stale_after={cfg.vps.stale_after} must be >= 0")
+    _check(cfg.vps.prior >= 0, f"vps.prior={cfg.vps.prior} must be >= 0 (a sampling weight)")
+    _check(not (cfg.sampler.type == "vas" and cfg.vps.refresh == "training" and cfg.rollout.n < 2),
+           f"vps.refresh=training scores prompts from the training groups: rollout.n={cfg.rollout.n} must be >= 2")
 
     a = cfg.algorithm
     _check(0 <= a.clip_ratio_low < 1, f"algorithm.clip_ratio_low={a.clip_ratio_low} must be in [0, 1)")

@@ -1,13 +1,9 @@
-"""GRPO on the tiny policy: VAS vs uniform prompt sampling from the same SFT checkpoint (not in CI).
+"""GRPO on the tiny policy: prompt-sampler arms (uniform, VAS variants) from the same SFT checkpoint (not in CI).
 
 Every run starts from the same SFT weights and spends the same number of *training* rollouts
-(``--steps`` x ``--batch`` prompts x ``--n`` responses); the arms differ only in how prompts are drawn:
-
-  uniform     ``sampler.type=uniform``
-  vas-full    VAS (lambda 0.5), ``vps.refresh=full``: every prompt scored with ``--score-n`` fresh
-              rollouts before step 1, again every ``--full-interval`` steps
-  vas-online  VAS, ``vps.refresh=online``: scores from the training rollouts, stale prompts re-scored
-              every ``--online-interval`` steps
+(``--steps`` x ``--batch`` prompts x ``--n`` responses); the arms differ only in how prompts are drawn (and
+vas-training-filter in what is trained on). The arms, the record aggregation, the tables and the figure are
+``megatron_mmr1.sampling.compare``; this file runs the trainer and does the file and process work.
 
 The RL prompt pool is subsampled to ``--steps-per-epoch`` x ``--batch`` prompts so one epoch is about
 as many steps as in the paper (~15k prompts at 512 per step: ~30 steps); with a pool so large that
@@ -17,8 +13,9 @@ each prompt is seen once, VAS has no scores to use. A seed fixes the sampler, th
 Each run is a subprocess (``python tools/vas_vs_uniform.py worker ...``) that calls the trainer's
 ``grpo.run`` and writes ``<out>/runs/<arm>_s<seed>.json`` (per-step history + summary); finished runs
 are skipped, so the tool resumes after an interruption. At the end (or with ``--report-only``) the
-records are aggregated into ``<out>/table.md`` and the figure: held-out accuracy, zero-variance group
-fraction and grad norm against steps and against total rollouts (training + VAS scoring).
+records are aggregated into ``<out>/table.md`` (whole runs, and per epoch of the pool) and the figure:
+held-out accuracy, zero-variance group fraction and grad norm against steps and against total rollouts
+(training + VAS scoring).
 
     python tools/vas_vs_uniform.py --sft-hf SFT_HF_DIR --data DATA_DIR           # the measurement
     python tools/vas_vs_uniform.py --build                                       # data + SFT first
@@ -34,107 +31,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
+
+from megatron_mmr1.sampling.compare import (
+    ACC_KEY, ARMS, ZERO_VAR_ACC, RecordError, Settings, epoch_summary, epoch_table, first_last, load_record,
+    load_records, markdown_table, mean_of, plan_runs, plot, run_overrides, settings_diff, subsample_prompts, summarize,
+    total_rollouts,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 GRPO_CONFIG = "examples/configs/tiny_cpu_grpo.yaml"
 SFT_CONFIG = "examples/configs/tiny_cpu_sft.yaml"
-ARMS = ("uniform", "vas-full", "vas-online")
-ACC_KEY = "eval/average/accuracy"
-RECORD_KEYS = ("arm", "seed", "settings", "history", "wall_s")
-
-
-class RecordError(ValueError):
-    """A run record that cannot be aggregated (the message names the file and the key)."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What every run of one measurement shares; a record made with other settings is not mixed in."""
-
-    steps: int = 40
-    batch: int = 8
-    n: int = 8
-    steps_per_epoch: int = 30
-    max_response_length: int = 256
-    eval_samples: int = 200
-    eval_interval: int = 20
-    """Held-out evals at step 0 (the SFT policy's, measured once), every ``eval_interval`` steps and at the end."""
-    score_n: int = 4
-    lam: float = 0.5
-    full_interval: int = 56
-    """Paper, table 6 (T = 56 at ~30 steps per epoch): in a short run only the initial scoring pass."""
-    online_interval: int = 4
-    num_servers: int = 2
-    lr: float = 1e-4
-    """The demo's GRPO settings (lr, temperature, no KL term): those that lift held-out accuracy here."""
-    temperature: float = 1.0
-    kl_loss: bool = False
 
 
 # --------------------------------------------------------------------------------------------------
 # Runs
 # --------------------------------------------------------------------------------------------------
-
-
-def subsample_prompts(src: Path, dst: Path, num: int, seed: int = 0) -> int:
-    """``num`` records of ``src`` (a seeded draw, file order kept) into ``dst``, image paths made
-    absolute (they are relative to ``src``'s folder); returns the number written."""
-    lines = [line for line in src.read_text().splitlines() if line.strip()]
-    if num > len(lines):
-        raise ValueError(f"{src}: {len(lines)} prompts, fewer than the {num} the pool needs "
-                         "(lower --steps-per-epoch or --batch)")
-    keep = sorted(random.Random(seed).sample(range(len(lines)), num))
-    base = src.resolve().parent
-    out = []
-    for i in keep:
-        try:
-            row = json.loads(lines[i])
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{src}: line {i + 1} is not JSON ({e.msg})") from None
-        images = row.get("images")
-        if isinstance(images, list):
-            row["images"] = [str(base / p) if isinstance(p, str) and not os.path.isabs(p) else p for p in images]
-        out.append(json.dumps(row))
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_text("\n".join(out) + "\n")
-    return len(out)
-
-
-def arm_overrides(arm: str, s: Settings) -> list[str]:
-    if arm == "uniform":
-        return ["sampler.type=uniform"]
-    if arm == "vas-full":
-        return ["sampler.type=vas", "vps.refresh=full", f"vps.update_interval={s.full_interval}"]
-    if arm == "vas-online":
-        return ["sampler.type=vas", "vps.refresh=online", f"vps.update_interval={s.online_interval}"]
-    raise ValueError(f"unknown arm {arm!r} (known: {', '.join(ARMS)})")
-
-
-def run_overrides(arm: str, seed: int, s: Settings, sft_hf: Path, train: Path, val: Path, out_dir: Path) -> list[str]:
-    """The trainer overrides of one run: shared settings, the arm's sampler, the seed's RNGs."""
-    return [
-        f"model.hf_path={sft_hf}", f"model.tokenizer_path={sft_hf}",
-        f"data.train_files=[{train}]", f"data.val_files=[{val}]",
-        f"data.max_response_length={s.max_response_length}",
-        f"training.rollout_steps={s.steps}", f"training.rollout_batch_size={s.batch}",
-        f"training.global_batch_size={s.batch * s.n}", f"training.micro_batch_size={min(8, s.batch * s.n)}",
-        f"training.eval_interval={min(s.eval_interval or s.steps, s.steps)}",
-        f"rollout.n={s.n}", f"rollout.num_servers={s.num_servers}", f"rollout.seed={1000 + seed}",
-        f"vps.num_rollouts={s.score_n}", f"sampler.lam={s.lam}", f"sampler.seed={2000 + seed}",
-        f"parallel.seed={3000 + seed}", f"optim.lr={s.lr}", f"rollout.temperature={s.temperature}",
-        f"algorithm.use_kl_loss={str(s.kl_loss).lower()}",
-        f"eval.max_samples={s.eval_samples}", f"eval.max_new_tokens={s.max_response_length}",
-        f"output_dir={out_dir}", "logging.progress=false",
-        *arm_overrides(arm, s),
-    ]
 
 
 def worker(overrides: list[str], record_path: Path, meta: dict, sft_eval: Optional[Path]) -> None:
@@ -182,14 +99,9 @@ def run_all(args: argparse.Namespace, s: Settings, sft_hf: Path, data: Path) -> 
     n = subsample_prompts(data / "rl_train.jsonl", train, pool, seed=0)
     print(f"prompt pool: {n} of {data / 'rl_train.jsonl'} ({s.steps_per_epoch} steps per epoch at {s.batch} "
           f"prompts per step)", flush=True)
-    todo = [(seed, arm) for seed in args.seeds for arm in args.arms]  # seed-major: partial results stay balanced
-    for i, (seed, arm) in enumerate(todo):
-        path = runs / f"{arm}_s{seed}.json"
-        if path.exists():
-            rec = load_record(path)
-            diff = [f"{k} {v}, now {getattr(s, k, None)}" for k, v in rec["settings"].items() if getattr(s, k, None) != v]
-            if diff:
-                raise SystemExit(f"{path}: made with other settings ({'; '.join(diff)}); use another --out")
+    todo = plan_runs(runs, args.seeds, args.arms, s)
+    for i, (seed, arm, path, done) in enumerate(todo):
+        if done:
             print(f"[{i + 1}/{len(todo)}] {arm} seed {seed}: done before, skipped", flush=True)
             continue
         run_dir = out / "work" / f"{arm}_s{seed}"
@@ -209,7 +121,7 @@ def run_all(args: argparse.Namespace, s: Settings, sft_hf: Path, data: Path) -> 
         rec = load_record(path)
         acc = first_last(rec, ACC_KEY)
         print(f"    {time.time() - t0:.0f} s; held-out accuracy {_fmt_pair(acc)}, zero-variance "
-              f"{mean_of(rec, 'vas/zero_variance_frac'):.3f}, rollouts {total_rollouts(rec):.0f}", flush=True)
+              f"{mean_of(rec, ZERO_VAR_ACC):.3f}, rollouts {total_rollouts(rec):.0f}", flush=True)
 
 
 def build(out: Path, sft_steps: int) -> tuple[Path, Path]:
@@ -236,237 +148,21 @@ def build(out: Path, sft_steps: int) -> tuple[Path, Path]:
     return sft_hf, data
 
 
-# --------------------------------------------------------------------------------------------------
-# Aggregation (pure functions on run records)
-# --------------------------------------------------------------------------------------------------
-
-
-def load_record(path: Path) -> dict:
-    try:
-        rec = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise RecordError(f"{path}: not JSON ({e.msg})") from None
-    missing = [k for k in RECORD_KEYS if k not in rec]
-    if missing:
-        raise RecordError(f"{path}: run record without {', '.join(missing)}")
-    rec["_path"] = str(path)
-    return rec
-
-
-def load_records(runs_dir: Path) -> list[dict]:
-    return [load_record(p) for p in sorted(Path(runs_dir).glob("*.json"))]
-
-
-def series(rec: dict, key: str) -> list[tuple[int, float]]:
-    """(step, value) of ``key``, in step order; empty when the run never logged it."""
-    return sorted((int(s), float(v)) for s, v in rec["history"].get(key, []))
-
-
-def _required(rec: dict, key: str) -> list[tuple[int, float]]:
-    pts = series(rec, key)
-    if not pts:
-        raise RecordError(f"{rec.get('_path', rec['arm'])}: history has no {key!r}")
-    return pts
-
-
-def rollouts_at(rec: dict) -> dict[int, float]:
-    """Step -> rollouts spent so far, training plus VAS scoring; step 0 (before training) is 0."""
-    train = dict(_required(rec, "rollouts_total"))
-    scoring = dict(series(rec, "vas/scoring_rollouts"))
-    out = {0: 0.0}
-    out.update({s: v + scoring.get(s, 0.0) for s, v in train.items()})
-    return out
-
-
-def total_rollouts(rec: dict) -> float:
-    spent = rollouts_at(rec)
-    return spent[max(spent)]
-
-
-def first_last(rec: dict, key: str) -> Optional[tuple[float, float]]:
-    pts = series(rec, key)
-    return (pts[0][1], pts[-1][1]) if pts else None
-
-
-def mean_of(rec: dict, key: str) -> float:
-    vals = [v for _, v in _required(rec, key)]
-    return sum(vals) / len(vals)
-
-
-def _mean_std(vals: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
-
-
-def by_arm(records: list[dict]) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for rec in sorted(records, key=lambda r: (_arm_order(r["arm"]), r["seed"])):
-        out.setdefault(rec["arm"], []).append(rec)
-    return out
-
-
-def _arm_order(arm: str) -> int:
-    return ARMS.index(arm) if arm in ARMS else len(ARMS)
-
-
-def summarize(records: list[dict]) -> list[dict]:
-    """One row per arm: held-out accuracy before / after (mean, std over seeds), zero-variance fraction
-    and grad norm (mean over steps, then seeds), rollouts (training, scoring, total) and wall time."""
-    rows = []
-    for arm, recs in by_arm(records).items():
-        accs = [first_last(r, ACC_KEY) for r in recs]
-        if any(a is None for a in accs):
-            bad = next(r for r, a in zip(recs, accs) if a is None)
-            raise RecordError(f"{bad.get('_path', arm)}: history has no {ACC_KEY!r}")
-        final_mean, final_std = _mean_std([a[1] for a in accs])
-        gain_mean, gain_std = _mean_std([a[1] - a[0] for a in accs])
-        train = [_required(r, "rollouts_total")[-1][1] for r in recs]
-        total = [total_rollouts(r) for r in recs]
-        rows.append({
-            "arm": arm, "seeds": len(recs), "steps": recs[0]["settings"]["steps"],
-            "acc_first": statistics.fmean(a[0] for a in accs), "acc_final": final_mean, "acc_final_std": final_std,
-            "acc_gain": gain_mean, "acc_gain_std": gain_std,
-            "train_acc": statistics.fmean(mean_of(r, "reward/accuracy") for r in recs),
-            "zero_var": statistics.fmean(mean_of(r, "vas/zero_variance_frac") for r in recs),
-            "grad_norm": statistics.fmean(mean_of(r, "grad_norm") for r in recs),
-            "train_rollouts": statistics.fmean(train),
-            "scoring_rollouts": statistics.fmean(t - tr for t, tr in zip(total, train)),
-            "total_rollouts": statistics.fmean(total),
-            "wall_s": statistics.fmean(float(r["wall_s"]) for r in recs),
-            "format_final": _mean_last(recs, _format_key),
-            "kl_final": _mean_last(recs, lambda r: "policy/kl_ref" if _has_kl_term(r) else None),
-        })
-    return rows
-
-
-def _has_kl_term(rec: dict) -> bool:
-    """Whether the run trained with a KL term (only then does the trainer log KL to the SFT policy)."""
-    return rec["settings"].get("kl_loss", True)
-
-
-def _format_key(rec: dict) -> Optional[str]:
-    """The held-out format rate of the first val file (the trainer logs it per file)."""
-    return next((k for k in sorted(rec["history"]) if k.startswith("eval/") and k.endswith("/format")), None)
-
-
-def _mean_last(recs: list[dict], key_of: Any) -> Optional[float]:
-    """Mean over seeds of a key's last value; None when any run lacks it (an optional column)."""
-    last = [series(r, key_of(r))[-1][1] if key_of(r) and series(r, key_of(r)) else None for r in recs]
-    return None if any(v is None for v in last) else statistics.fmean(last)
-
-
-def markdown_table(rows: list[dict]) -> str:
-    head = ("| arm | seeds | held-out acc before | held-out acc after (mean ± std) | gain (mean ± std) "
-            "| held-out format after | KL to SFT at end | train acc | zero-var frac | grad norm | training rollouts "
-            "| scoring rollouts | total rollouts | wall per run |")
-    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['arm']} | {r['seeds']} | {r['acc_first']:.3f} | {r['acc_final']:.3f} ± {r['acc_final_std']:.3f} "
-            f"| {r['acc_gain']:+.3f} ± {r['acc_gain_std']:.3f} | {_opt(r['format_final'])} | {_opt(r['kl_final'])} "
-            f"| {r['train_acc']:.3f} | {r['zero_var']:.3f} "
-            f"| {r['grad_norm']:.3f} | {r['train_rollouts']:,.0f} | {r['scoring_rollouts']:,.0f} "
-            f"| {r['total_rollouts']:,.0f} | {r['wall_s'] / 60:.1f} min |")
-    return "\n".join(lines) + "\n"
-
-
-def mean_curve(recs: list[dict], key: str, x: str = "step") -> tuple[list[float], list[float], list[float]]:
-    """Mean over seeds of ``key`` at the steps every seed logged: (x, mean, std); ``x="rollouts"`` puts
-    each step at the mean rollouts spent by then (scoring included)."""
-    per_seed = [dict(series(r, key)) for r in recs]
-    steps = sorted(set.intersection(*(set(d) for d in per_seed))) if per_seed else []
-    spent = [rollouts_at(r) for r in recs] if x == "rollouts" else None
-    xs, ys, sd = [], [], []
-    for s in steps:
-        vals = [d[s] for d in per_seed]
-        m, std = _mean_std(vals)
-        xs.append(float(s) if spent is None else statistics.fmean(sp[s] for sp in spent))
-        ys.append(m)
-        sd.append(std)
-    return xs, ys, sd
-
-
-PANELS = ((ACC_KEY, "held-out accuracy", 1), ("vas/zero_variance_frac", "zero-variance group fraction", 3),
-          ("grad_norm", "grad norm", 3), ("policy/kl_ref", "KL to the SFT policy", 1))
-"""(history key, title, trailing running-mean window in steps: per-step values of a few groups are noisy);
-the KL shows how far each run drifted, which the held-out accuracy depends on as much as the sampler."""
-NO_KL_PANEL = ("reward/accuracy", "training accuracy (batch)", 5)
-"""The last panel of runs without a KL term, whose trainer logs no KL to the SFT policy."""
-
-
-def panels(records: list[dict]) -> tuple:
-    """``PANELS``, with the KL panel replaced by training accuracy when any run had no KL term."""
-    if all(_has_kl_term(r) for r in records):
-        return PANELS
-    return PANELS[:-1] + (NO_KL_PANEL,)
-
-
-def running_mean(ys: Sequence[float], window: int) -> list[float]:
-    """Trailing mean over the last ``window`` values (fewer at the start)."""
-    return [statistics.fmean(ys[max(0, i + 1 - window):i + 1]) for i in range(len(ys))]
-
-
-def make_figure(records: list[dict], title: str = "") -> Any:
-    """Rows: against steps, against total rollouts (scoring included); columns: ``panels(records)``. One line
-    per arm: the mean over seeds, with a ±1 std band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups, cols = by_arm(records), panels(records)
-    fig, axes = plt.subplots(2, len(cols), figsize=(4.5 * len(cols), 7.5))
-    for row, x in enumerate(("step", "rollouts")):
-        for col, (key, label, window) in enumerate(cols):
-            ax = axes[row][col]
-            for i, (arm, recs) in enumerate(groups.items()):
-                xs, ys, sd = mean_curve(recs, key, x)
-                if not xs:
-                    continue
-                ys, sd = running_mean(ys, window), running_mean(sd, window)
-                color = f"C{i}"
-                ax.plot(xs, ys, marker="o", ms=3, color=color, label=f"{arm} (n={len(recs)})")
-                ax.fill_between(xs, [m - s for m, s in zip(ys, sd)], [m + s for m, s in zip(ys, sd)],
-                                color=color, alpha=0.15)
-            ax.set_title(label + (f" ({window}-step running mean)" if window > 1 else ""), fontsize=10)
-            ax.set_xlabel("step" if x == "step" else "rollouts (training + VAS scoring)")
-            ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def plot(records: list[dict], path: Path, title: str = "") -> Path:
-    import matplotlib.pyplot as plt
-
-    fig = make_figure(records, title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def report(out: Path, figure: Path) -> Optional[str]:
     records = load_records(out / "runs")
     if not records:
         print(f"no finished runs in {out / 'runs'}", flush=True)
         return None
     s = records[0]["settings"]
-    mixed = [r["_path"] for r in records if r["settings"] != s]
+    mixed = [r["_path"] for r in records if settings_diff(r["settings"], s)]
     if mixed:
         raise RecordError(f"records with other settings than {records[0]['_path']}: {', '.join(mixed)}")
-    table = markdown_table(summarize(records))
+    table = markdown_table(summarize(records)) + "\nPer epoch of the pool:\n\n" + epoch_table(epoch_summary(records))
     (out / "table.md").write_text(table)
     plot(records, figure, title=f"tiny policy, GRPO {s['steps']} steps x {s['batch']} prompts x {s['n']} responses, "
                                f"pool {s['steps_per_epoch'] * s['batch']} prompts, lr {s['lr']:g}; mean ± std over seeds")
     print(table + f"\nwrote {out / 'table.md'} and {figure}", flush=True)
     return table
-
-
-def _opt(v: Optional[float]) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
 
 
 def _fmt_pair(p: Optional[tuple[float, float]]) -> str:
@@ -529,8 +225,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if not need.exists():
                 print(f"missing {need}", file=sys.stderr)
                 return 2
-        run_all(args, s, sft_hf, data)
     try:
+        if not args.report_only:
+            run_all(args, s, sft_hf, data)
         report(args.out, args.figure)
     except RecordError as e:
         print(str(e), file=sys.stderr)

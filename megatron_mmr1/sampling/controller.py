@@ -9,11 +9,14 @@
         log(prompts.metrics())
 
 Refresh (every ``vps.update_interval`` steps, starting at step 0, VAS only):
-  full   (the paper) re-score every prompt with ``vps.num_rollouts`` fresh rollouts through
-         ``score_fn``, in chunks of ``vps.scoring_batch_size`` prompts;
-  online scores come from the training rollouts passed to :meth:`observe`; at a refresh only prompts
-         scored more than ``vps.stale_after`` refreshes ago are re-scored through ``score_fn``.
-         Prompts never seen keep ``vps.prior``.
+  full     (the paper) re-score every prompt with ``vps.num_rollouts`` fresh rollouts through
+           ``score_fn``, in chunks of ``vps.scoring_batch_size`` prompts;
+  online   scores come from the training rollouts passed to :meth:`observe`; at a refresh only prompts
+           scored more than ``vps.stale_after`` refreshes ago are re-scored through ``score_fn``.
+           Prompts never seen keep ``vps.prior``.
+  training scores come from the training rollouts only (the n of each group); the weights are
+           recomputed before *every* batch and nothing is ever re-scored: zero extra rollouts, no
+           ``score_fn`` needed. Prompts never seen keep ``vps.prior``.
 ``score_fn(prompt_indices) -> (acc_rewards [G, N], token ids [G][N][L] or None)`` is the trainer's
 bridge to the rollout engine. It must return the same values on every DP rank (or the weights are
 broadcast from rank 0 afterwards when torch.distributed is initialised: ``sync_weights``).
@@ -65,7 +68,16 @@ class PromptSampler:
 
     # ------------------------------------------------------------------ schedule
     def refresh_due(self) -> bool:
-        return self.vas and self.sampler.consumed_batches % self.vps_cfg.update_interval == 0
+        if not self.vas:
+            return False
+        if self.vps_cfg.refresh == "training":  # free: no scoring rollouts, so before every batch
+            return True
+        return self.sampler.consumed_batches % self.vps_cfg.update_interval == 0
+
+    @property
+    def learns_from_training(self) -> bool:
+        """Whether :meth:`observe` updates the VPS store (online and training refresh)."""
+        return self.store is not None and self.vps_cfg.refresh in ("online", "training")
 
     def _score(self, prompt_indices: Sequence[int]) -> None:
         assert self.store is not None and self.score_fn is not None
@@ -84,6 +96,8 @@ class PromptSampler:
         assert self.store is not None
         if self.vps_cfg.refresh == "full":
             todo = list(range(self.store.num_prompts))
+        elif self.vps_cfg.refresh == "training":
+            todo = []
         else:
             todo = self.store.stale().tolist()
             if todo and self.score_fn is None:
@@ -111,10 +125,11 @@ class PromptSampler:
         acc_rewards: torch.Tensor,
         response_token_ids: Optional[TokenGroups] = None,
     ) -> None:
-        """Training rollouts of this step: batch statistics, and VPS updates in online mode."""
+        """Training rollouts of this step (every group rolled out, also those a dynamic filter drops): batch
+        statistics of the accuracy reward, and VPS updates in online and training mode."""
         acc = torch.as_tensor(acc_rewards, dtype=torch.float32)
         self._last_batch_stats = reward_variance_stats(acc)
-        if self.store is not None and self.vps_cfg.refresh == "online":
+        if self.learns_from_training:
             self.store.update(prompt_indices, acc, response_token_ids)
 
     def metrics(self) -> dict[str, float]:
@@ -123,7 +138,8 @@ class PromptSampler:
         out.update(self.sampler.metrics())
         if self.store is not None:
             out.update(self.store.metrics())
-            out["vps/stale_count"] = float(self.store.stale().numel())
+            stale = self.store.stale().numel() if self.vps_cfg.refresh == "online" else 0  # only online re-scores
+            out["vps/stale_count"] = float(stale)
         else:
             out["vps/weight_entropy"] = weight_entropy(torch.ones(self.sampler.num_prompts))
         out["vas/scoring_rollouts"] = float(self.scoring_rollouts)

@@ -5,7 +5,7 @@ For each prompt x, from a group of N rollouts:
     TDS(x) = mean of the configured diversity metrics, each in [0, 1], higher = more diverse:
              self_bleu -> 1 - self-BLEU-123, distinct_n -> distinct-3, edit_distance -> mean
              pairwise normalised token edit distance (statistics from ``mmr1_kernels.vps_stats``);
-    VPS(x) = alpha * OVS + beta * TDS.
+    VPS(x) = alpha * OVS + beta * TDS   (``cfg.tds_gate``: beta * TDS only where OVS > 0).
 Sampling weights are VPS min-max normalised over all scored prompts, blended with the previous
 weights by momentum m (w = m * w_old + (1 - m) * w_new); prompts never scored get ``cfg.prior``.
 
@@ -100,7 +100,8 @@ class VPSStore:
                 got = None if response_token_ids is None else len(response_token_ids)
                 raise ValueError(f"vps.beta > 0 needs response token ids for each of the {ovs.numel()} groups, got {got}")
             tds = trajectory_diversity_score(response_token_ids, self.cfg.tds_metrics)
-            vps = self.cfg.alpha * ovs + self.cfg.beta * tds
+            counted = tds * (ovs > 0) if self.cfg.tds_gate else tds
+            vps = self.cfg.alpha * ovs + self.cfg.beta * counted
         else:
             tds = torch.full_like(ovs, float("nan"))
             vps = self.cfg.alpha * ovs

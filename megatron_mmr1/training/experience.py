@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from megatron_mmr1.algorithms.advantages import compute_grpo_advantages, dynamic_filter
+from megatron_mmr1.algorithms.advantages import compute_grpo_advantages, dynamic_filter, reward_variance_stats
 from megatron_mmr1.config import RunConfig
 from megatron_mmr1.data.sample import Sample, Status
 from megatron_mmr1.training.micro_batches import IGNORE_INDEX, TrainSequence, next_token_targets
@@ -139,6 +139,16 @@ def rollout_metrics(samples: Sequence[Sample], rewards: torch.Tensor, max_new_to
     }
 
 
+def total_reward_stats(rewards: torch.Tensor) -> dict[str, float]:
+    """Zero-variance fraction and mean group variance of the *total* reward [G, n] (format + accuracy: what
+    carries GRPO's gradient), beside the sampler's ``vas/zero_variance_frac`` of the accuracy reward (what VAS
+    targets); ``rollouts/generated``: every response rolled out this step, trained on or filtered out."""
+    stats = reward_variance_stats(rewards)
+    return {"vas/zero_variance_frac_total": stats["zero_variance_frac"],
+            "vas/reward_variance_mean_total": stats["reward_variance_mean"],
+            "rollouts/generated": float(rewards.numel())}
+
+
 def vision_token_ids(cfg: RunConfig) -> set[int]:
     """Token ids that mean "image here" to the model: a policy that *generates* one cannot be trained on
     the tokens after it (the model would look for image features there)."""
@@ -165,10 +175,12 @@ def collect(cfg: RunConfig, samples: list[Sample], indices: list[int], forbidden
     rewards, _, _ = grouped or group(samples, n)
     adv = advantages_for(cfg, rewards)  # (G, n)
     metrics = rollout_metrics(samples, rewards, cfg.data.max_response_length)
+    metrics.update(total_reward_stats(rewards))
     keep = torch.ones(rewards.shape[0], dtype=torch.bool)
     if cfg.algorithm.dynamic_filtering:
         keep, kept = dynamic_filter(rewards)
         metrics["filter/kept_groups"] = float(kept)
+        metrics["filter/dropped_groups"] = float(rewards.shape[0] - kept)
     records, cut = [], 0
     for g in range(rewards.shape[0]):
         if not keep[g]:

@@ -1,7 +1,7 @@
 """Driver for the resume test: runs PromptSampler steps, optionally resuming from a checkpoint.
 
 usage: python _resume_driver.py JOBS_JSON, JOBS a list of [MODE, START, STOP, CKPT_IN|null, CKPT_OUT|null];
-prints a list with the drawn batches of each job as JSON. MODE: full | online | uniform. The "policy" is a pure function of (prompt, step), so a fresh process
+prints a list with the drawn batches and the final VPS weights of each job as JSON. MODE: full | online | training | uniform. The "policy" is a pure function of (prompt, step), so a fresh process
 sees the same rollouts as the uninterrupted one.
 """
 
@@ -27,7 +27,7 @@ def rollouts(idx, step, n):
 def build(mode, clock):
     sampler_cfg = SamplerConfig(type="uniform" if mode == "uniform" else "vas", lam=0.5, seed=11)
     vps_cfg = VPSConfig(alpha=0.8, beta=0.2, tds_metrics=["distinct_n"], momentum=0.3, update_interval=3,
-                        refresh="online" if mode == "online" else "full", num_rollouts=N, scoring_batch_size=10,
+                        refresh=mode if mode in ("online", "training") else "full", num_rollouts=N, scoring_batch_size=10,
                         stale_after=1, prior=0.9)
     return PromptSampler(P, B, sampler_cfg, vps_cfg, score_fn=lambda idx: rollouts(idx, clock["step"] + 1000, N))
 
@@ -46,7 +46,8 @@ def main(mode, start, stop, ckpt_in, ckpt_out):
         batches.append(batch)
     if ckpt_out:
         torch.save(ps.state_dict(), ckpt_out)
-    return batches
+    weights = None if ps.store is None else ps.store.weights.tolist()
+    return {"batches": batches, "weights": weights}
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""PromptSampler: refresh schedule (every T steps from step 0), full vs online re-scoring, batched
-scoring calls, per-step metrics, and data-parallel agreement (2 gloo ranks)."""
+"""PromptSampler: refresh schedule (every T steps from step 0), full vs online re-scoring, training-rollout
+scores (vps.refresh=training), batched scoring calls, per-step metrics, and data-parallel agreement (2 gloo
+ranks)."""
 
 import pytest
 import torch
@@ -64,6 +65,55 @@ def test_online_scores_from_training_rollouts_and_rescoring_only_stale():
     assert stale_scored and all(int(ps.store.scored_at[i]) == 3 for i in stale_scored)
     # no score older than the threshold is left
     assert all(int(ps.store.scored_at[i]) >= 2 for i in range(10) if int(ps.store.scored_at[i]) >= 0)
+
+
+def _never_called(idx):
+    raise AssertionError(f"vps.refresh=training rolled out scoring rollouts for {idx}")
+
+
+def _fixed_outcomes(batch, n=4):
+    """Prompt i: pass rate (i % 4) / 4 exactly, i.e. OVS = p(1-p) in {0, 3/16, 1/4, 3/16} (MMR1 eq. OVS)."""
+    return torch.tensor([[1.0] * (i % 4) + [0.0] * (n - i % 4) for i in batch])
+
+
+def test_training_refresh_scores_from_training_groups_only():
+    """vps.refresh=training: VPS from the n rollouts of each training group, weights recomputed before every
+    batch, unseen prompts at the prior, and no scoring rollouts at all (no score_fn is needed or called)."""
+    ps = PromptSampler(12, 4, SamplerConfig(lam=0.5, seed=3), _vps(refresh="training", prior=0.7, update_interval=5),
+                       score_fn=_never_called)
+    seen: set[int] = set()
+    for step in range(9):
+        batch = ps.next_batch()
+        assert ps.metrics()["vas/refreshed"] == 1.0 and ps.store.round == step + 1  # every batch, not every T=5
+        # the weights the batch was drawn with: min-max normalised p(1-p) of the prompts seen so far, prior else
+        w = ps.sampler.weights
+        ovs = {i: (i % 4) / 4 * (1 - (i % 4) / 4) for i in seen}
+        if len(set(ovs.values())) > 1:
+            lo, hi = min(ovs.values()), max(ovs.values())
+            assert all(w[i] == pytest.approx((v - lo) / (hi - lo)) for i, v in ovs.items()), step
+        assert all(float(w[i]) == pytest.approx(0.7) for i in range(12) if i not in seen)
+        # the weighted draws never pick a prompt whose training group had equal rewards (weight 0)
+        weighted = [i for i, m in zip(batch, ps.sampler.last_weighted_mask) if m]
+        assert all(float(w[i]) > 0 for i in weighted)
+        ps.observe(batch, _fixed_outcomes(batch))
+        seen |= set(batch)
+        assert ps.metrics()["vas/scoring_rollouts"] == 0.0 and ps.metrics()["vps/stale_count"] == 0.0
+    assert any(i % 4 == 0 for i in seen)  # zero-OVS prompts were observed, so the weight-0 check had teeth
+    assert torch.all(ps.store.weights[[i for i in seen if i % 4 == 0]] == 0)
+
+
+def test_training_refresh_draws_what_online_every_step_without_rescoring_draws():
+    """The issue's measured setting (refresh=online, update_interval=1, stale_after=1e6: scores from training
+    rollouts only) is what refresh=training names: the same batches, the same weights."""
+    a = PromptSampler(20, 6, SamplerConfig(lam=0.5, seed=9), _vps(refresh="training"))
+    b = PromptSampler(20, 6, SamplerConfig(lam=0.5, seed=9), _vps(refresh="online", update_interval=1,
+                                                                     stale_after=1_000_000), _never_called)
+    for _ in range(12):
+        ba, bb = a.next_batch(), b.next_batch()
+        assert ba == bb
+        a.observe(ba, _fixed_outcomes(ba))
+        b.observe(bb, _fixed_outcomes(bb))
+    assert torch.equal(a.store.weights, b.store.weights) and len(set(a.store.weights.tolist())) > 1
 
 
 def test_metrics_cover_the_logged_quantities():

@@ -1,5 +1,5 @@
 """Sampler resume: run k steps, save, reload in a *fresh process*, continue; the drawn index sequence
-must equal an uninterrupted run (issue 6 acceptance). Covers VAS full/online refresh and uniform."""
+must equal an uninterrupted run (issue 6 acceptance). Covers VAS full/online/training refresh and uniform."""
 
 import json
 import subprocess
@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.sampling._resume_driver import main as run_steps
 
 DRIVER = Path(__file__).with_name("_resume_driver.py")
-MODES = ("full", "online", "uniform")
+MODES = ("full", "online", "training", "uniform")
 
 
 def test_resume_in_fresh_process_draws_identical_batches(tmp_path):
@@ -25,5 +25,8 @@ def test_resume_in_fresh_process_draws_identical_batches(tmp_path):
     assert out.returncode == 0, out.stderr
     resumed = json.loads(out.stdout.strip().splitlines()[-1])
     for mode, second in zip(MODES, resumed):
-        assert expected[mode + "/first"] + second == expected[mode], mode
-        assert len(set(map(tuple, expected[mode]))) > 1  # the batches really change from step to step
+        assert expected[mode + "/first"]["batches"] + second["batches"] == expected[mode]["batches"], mode
+        assert second["weights"] == expected[mode]["weights"], mode  # the VPS store resumed exactly too
+        assert len(set(map(tuple, expected[mode]["batches"]))) > 1  # the batches really change from step to step
+        if mode != "uniform":
+            assert len(set(second["weights"])) > 1, mode  # scores were learnt, not all at the prior

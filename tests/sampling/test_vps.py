@@ -29,6 +29,18 @@ def test_vps_two_metrics_hand_values():
     torch.testing.assert_close(w, torch.tensor([0.0, 1.0, 1.0]))
 
 
+def test_tds_gate_counts_diversity_only_where_outcomes_vary():
+    """vps.tds_gate: VPS = alpha*OVS + beta*TDS*[OVS > 0]. The same groups as above: group B's rewards all agree
+    (OVS 0), so its TDS of 1.0 no longer makes it the top prompt; min-max then gives it weight 0."""
+    cfg = VPSConfig(alpha=0.5, beta=0.5, tds_metrics=["distinct_n", "edit_distance"], tds_gate=True)
+    store = VPSStore(3, cfg)
+    tokens = [[[1, 2, 3, 4], [1, 2, 3, 4]], [[1, 2, 3], [4, 5, 6]]]
+    s = store.update([0, 2], torch.tensor([[1.0, 0.0], [1.0, 1.0]]), tokens)
+    torch.testing.assert_close(s["tds"], torch.tensor([0.25, 1.0]))  # TDS itself is still measured and logged
+    torch.testing.assert_close(s["vps"], torch.tensor([0.5 * 0.25 + 0.5 * 0.25, 0.0]))
+    torch.testing.assert_close(store.recompute_weights(), torch.tensor([1.0, 1.0, 0.0]))
+
+
 def test_self_bleu_tds_follows_the_paper_direction():
     """TDS = 1 - self-BLEU-123 (NLTK method1): identical responses score 0, diverse ones more."""
     same = [[5, 6, 7, 8, 9]] * 3

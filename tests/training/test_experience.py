@@ -2,6 +2,8 @@
 
 import threading
 
+import pytest
+
 from megatron_mmr1.config import RewardConfig
 from megatron_mmr1.data.sample import Sample, Status
 from megatron_mmr1.rewards import compute_rewards, reward_pool
@@ -94,3 +96,71 @@ def test_collect_advantages_filtering_and_vision_cut():
         again = collect(cfg, samples, [100, 101, 102], forbidden, group(samples, 4))
         assert [(r.advantage, r.response_ids) for r in again.records] == [(r.advantage, r.response_ids)
                                                                           for r in batch.records]
+
+
+GOOD, WRONG = "<think>a</think><answer>\\boxed{3}</answer>", "<think>b</think><answer>\\boxed{4}</answer>"
+
+
+class _Dataset:
+    """Prompt i, answer 3; its group of 4 is all right (i % 3 == 0), all wrong (i % 3 == 1) or mixed."""
+
+    def get_batch(self, indices):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(samples=[Sample(index=i, prompt="p", prompt_ids=[1, 2], answer="3") for i in indices])
+
+
+class _GroupClient:
+    """Responses by prompt kind (see _Dataset); ``all_equal`` makes every group's rewards equal."""
+
+    def __init__(self):
+        self.all_equal = False
+
+    def generate(self, prompts, on_group=None, **kw):
+        out = []
+        for p in prompts:
+            kind = p.index % 3 if not self.all_equal else p.index % 2
+            texts = [GOOD] * 4 if kind == 0 else [WRONG] * 4 if kind == 1 else [GOOD, WRONG, WRONG, GOOD]
+            group = [Sample(index=p.index, group_index=p.index, prompt=p.prompt, prompt_ids=list(p.prompt_ids),
+                            answer=p.answer, response=t, response_ids=[10 + j, 11], rollout_logprobs=[-0.1, -0.2],
+                            loss_mask=[1, 1], status=Status.COMPLETED) for j, t in enumerate(texts)]
+            on_group(group)
+            out += group
+        return out
+
+
+def test_dynamic_filter_with_vas_trains_on_varied_groups_and_vas_sees_all():
+    """algorithm.dynamic_filtering=true with sampler.type=vas (DAPO's filter picks what is trained on, VAS what
+    is rolled out): the trained records are only the groups whose rewards differ, the sampler observes every
+    group's accuracy (OVS = p(1-p), MMR1 section 3, of the dropped groups too: 0), the zero-variance metrics
+    count every group rolled out, and a step whose groups are all dropped gives no records without failing."""
+    from megatron_mmr1.config import load_config
+    from megatron_mmr1.sampling.controller import PromptSampler
+    from megatron_mmr1.training.experience import RolloutProducer
+
+    cfg = load_config("examples/configs/tiny_cpu_grpo.yaml", [
+        "rollout.n=4", "training.rollout_batch_size=6", "training.global_batch_size=24", "training.micro_batch_size=4",
+        "algorithm.dynamic_filtering=true", "sampler.type=vas", "vps.refresh=training", "sampler.lam=0.5",
+        "reward.num_workers=0"], world_size=1)
+    sampler = PromptSampler(12, 6, cfg.sampler, cfg.vps)
+    client = _GroupClient()
+    with reward_pool(cfg.reward) as pool:
+        producer = RolloutProducer(cfg, _Dataset(), client, pool, sampler)
+        batch = producer.produce(0, None)
+        kinds = [i % 3 for i in batch.indices]
+        assert sorted({r.index for r in batch.records}) == sorted({i for i in batch.indices if i % 3 == 2})
+        assert len(batch.records) == 4 * kinds.count(2) and kinds.count(2) < len(kinds)
+        observed = [i for i in batch.indices if int(sampler.store.scored_at[i]) >= 0]
+        assert sorted(observed) == sorted(batch.indices)  # dropped groups were observed too
+        for i in batch.indices:
+            assert float(sampler.store.ovs[i]) == (0.25 if i % 3 == 2 else 0.0)
+        dropped = len(batch.indices) - kinds.count(2)
+        assert batch.metrics["filter/dropped_groups"] == dropped
+        assert batch.metrics["vas/zero_variance_frac"] == pytest.approx(dropped / len(kinds))  # accuracy, all groups
+        assert batch.metrics["vas/zero_variance_frac_total"] == pytest.approx(dropped / len(kinds))  # total reward
+        assert batch.metrics["rollouts/generated"] == 4 * len(kinds)
+        client.all_equal = True  # every group all right or all wrong: everything filtered out
+        empty = producer.produce(1, None)
+        assert empty.records == [] and empty.metrics["filter/kept_groups"] == 0
+        assert all(int(sampler.store.scored_at[i]) == sampler.store.round == 2 for i in empty.indices)  # observed
+        producer.close()
