@@ -6,8 +6,10 @@ rows in that order with ``shuffle_dataset=False``), with the same reward (the pr
 functions, TRL calling them as ``reward_funcs``), 8 prompts x 8 responses per step, at most 256 new
 tokens, temperature 1.0, lr 1e-4 (constant), no KL term, token-mean loss (TRL ``loss_type="dapo"``), one
 optimizer step per rollout batch, fp32 on the CPU. Ours runs as a 1-rank job with one stand-in server
-(trainer and server one thread each); TRL in one process with ``--trl-threads`` (2) torch threads: each
-side may use the 2 cores. Runs alternate (ours s0, TRL s0, ours s1, ...) so a load change on a shared
+(trainer and server one torch thread each, ``OMP_NUM_THREADS=1`` as ``make`` sets it); TRL in one process
+with ``--trl-threads`` (1) torch threads. One thread each because on a loaded machine a second OpenMP
+thread waits for a descheduled partner at every parallel region: TRL's generation of 4 x 32 tokens took
+18.2 s with 2 threads against 0.49 s with 1 at load average ~22 on 2 cores. Runs alternate (ours s0, TRL s0, ours s1, ...) so a load change on a shared
 machine hits both; every record keeps the load average before and after.
 
 Phases (``megatron_mmr1.training.trl_side``, whose docstring maps TRL's methods onto ours): generation,
@@ -51,7 +53,7 @@ class Settings:
     temperature: float = 1.0
     lr: float = 1e-4
     eval_samples: int = 200
-    trl_threads: int = 2
+    trl_threads: int = 1
 
 
 def ours_overrides(s: Settings, seed: int, sft_hf: Path, pool: Path, out: Path) -> list[str]:
@@ -189,7 +191,7 @@ def evaluate_all(args: argparse.Namespace, s: Settings, sft_hf: Path, data: Path
     done = json.loads((out / "results.json").read_text())["models"] if (out / "results.json").exists() else []
     if {m["model"] for m in done} >= set(models):
         return {m["model"]: m for m in done}
-    cmd = [sys.executable, "-m", "megatron_mmr1.eval.cli", *[f"--model={k}={v}" for k, v in models.items()],
+    cmd = [sys.executable, "-m", "megatron_mmr1.eval", *[f"--model={k}={v}" for k, v in models.items()],
            f"--data=heldout={data / 'rl_val.jsonl'}", f"--max-samples={s.eval_samples}",
            f"--max-new-tokens={s.max_new_tokens}", f"--out={out}", "--no-progress"]
     print(f"eval: {len(models)} policies on {s.eval_samples} held-out prompts (load {_load()})", flush=True)

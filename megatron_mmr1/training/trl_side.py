@@ -259,7 +259,7 @@ class TRLSettings:
     temperature: float = 1.0
     lr: float = 1e-4
     seed: int = 0
-    threads: int = 2
+    threads: int = 1
 
 
 def run_trl(model_dir: str, rows: Any, out_dir: str, s: TRLSettings) -> dict[str, Any]:
