@@ -35,7 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -43,17 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 GRPO_CONFIG = ROOT / "examples/configs/tiny_cpu_grpo.yaml"
 
-
-@dataclass(frozen=True)
-class Settings:
-    steps: int = 20
-    batch: int = 8
-    n: int = 8
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    lr: float = 1e-4
-    eval_samples: int = 200
-    trl_threads: int = 1
+from megatron_mmr1.training.trl_side import BenchSettings as Settings  # noqa: E402  (after the path insert)
 
 
 def ours_overrides(s: Settings, seed: int, sft_hf: Path, pool: Path, out: Path) -> list[str]:
@@ -98,13 +88,11 @@ def worker_trl(s: Settings, seed: int, sft_hf: Path, pool: Path, out: Path) -> d
     from megatron_mmr1.data.chat import ChatFormatter
     from megatron_mmr1.data.records import read_records
     from megatron_mmr1.data.tokenizer import load_tokenizer
-    from megatron_mmr1.training.trl_side import TRLSettings, prompt_order, run_trl, trl_rows
+    from megatron_mmr1.training.trl_side import prompt_order, run_trl, trl_rows
 
     records = read_records([str(pool)], "rl", DataConfig(kind="rl"))
     rows = trl_rows(records, ChatFormatter(load_tokenizer(sft_hf)), prompt_order(len(records), s.batch, s.steps, 2000 + seed))
-    res = run_trl(str(sft_hf), rows, str(out), TRLSettings(steps=s.steps, batch=s.batch, n=s.n,
-                                                           max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                                                           lr=s.lr, seed=seed, threads=s.trl_threads))
+    res = run_trl(str(sft_hf), rows, str(out), s, seed)
     logs = res.pop("log_history")
     key = {"reward/accuracy": "rewards/mmr1_accuracy_reward/mean", "reward/format": "rewards/mmr1_format_reward/mean",
            "response/length_mean": "completions/mean_length"}

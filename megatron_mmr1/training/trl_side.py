@@ -250,19 +250,23 @@ def trl_rows(records: Sequence[Any], formatter: Any, order: Sequence[int]) -> An
     return Dataset.from_list(rows)
 
 
-@dataclass
-class TRLSettings:
+@dataclass(frozen=True)
+class BenchSettings:
+    """The workload both frameworks run (``tools/bench_vs_trl.py``'s options)."""
+
     steps: int = 20
     batch: int = 8
     n: int = 8
     max_new_tokens: int = 256
     temperature: float = 1.0
     lr: float = 1e-4
-    seed: int = 0
-    threads: int = 1
+    eval_samples: int = 200
+    """Held-out prompts each final policy is evaluated on."""
+    trl_threads: int = 1
+    """Torch threads of the TRL process (ours: one per process, trainer and server)."""
 
 
-def run_trl(model_dir: str, rows: Any, out_dir: str, s: TRLSettings) -> dict[str, Any]:
+def run_trl(model_dir: str, rows: Any, out_dir: str, s: BenchSettings, seed: int) -> dict[str, Any]:
     """TRL's GRPOTrainer on ``rows`` with our loop's settings: ``s.batch`` prompts x ``s.n`` responses per
     step, one optimizer step per rollout batch (no old log-probs), no KL (beta 0, no reference forward),
     token-mean loss (``loss_type="dapo"``), constant lr, fp32 on the CPU. The model and its processor are
@@ -271,9 +275,9 @@ def run_trl(model_dir: str, rows: Any, out_dir: str, s: TRLSettings) -> dict[str
     import torch
     from trl import GRPOConfig, GRPOTrainer
 
-    torch.set_num_threads(s.threads)
+    torch.set_num_threads(s.trl_threads)
     args = GRPOConfig(
-        output_dir=out_dir, seed=s.seed, max_steps=s.steps, per_device_train_batch_size=s.batch * s.n,
+        output_dir=out_dir, seed=seed, max_steps=s.steps, per_device_train_batch_size=s.batch * s.n,
         gradient_accumulation_steps=1, num_generations=s.n, steps_per_generation=1, num_iterations=1,
         max_completion_length=s.max_new_tokens, temperature=s.temperature, top_p=1.0, top_k=0,
         learning_rate=s.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,

@@ -165,7 +165,8 @@ def test_one_trl_step_on_the_tiny_policy(tmp_path):
     records = read_records([str(paths["rl_train"])], "rl", DataConfig(kind="rl"))
     order = ts.prompt_order(len(records), 2, 1, seed=5)
     rows = ts.trl_rows(records, ChatFormatter(load_tokenizer(hf)), order)
-    out = ts.run_trl(str(hf), rows, str(tmp_path / "trl"), ts.TRLSettings(steps=1, batch=2, n=2, max_new_tokens=4))
+    out = ts.run_trl(str(hf), rows, str(tmp_path / "trl"), ts.BenchSettings(steps=1, batch=2, n=2, max_new_tokens=4),
+                     seed=0)
     assert out["processor"] == "Qwen2_5_VLImageTextProcessor"  # loaded by TRL through AutoProcessor
     (step,) = out["steps"]
     assert step["generation"] > 0 and step["train"] > 0
