@@ -24,7 +24,7 @@ GPU_LOCK := constraints/gpu.lock
 TRL_LOCK := constraints/trl-cpu.lock
 TRL_DIR := $(VENV)/trl-cpu
 TRL_STAMP := $(TRL_DIR)/.installed
-BENCH_TRL_ARGS ?= --build
+BENCH_TRL_ARGS ?= --sft-hf $(DEMO_DIR)/sft/hf --data $(DEMO_DIR)/data
 export MMR1_SGLANG_CPU_DIR ?= $(abspath $(SGLANG_DIR))
 PIP := $(PY) -m pip --disable-pip-version-check
 LATEST_VENV := .venv-latest
@@ -98,7 +98,7 @@ bench: $(STAMP)
 	$(PY) tools/bench_data.py --dali-cpu
 	$(PY) tools/bench_step.py --quick
 
-# e.g. make bench-trl BENCH_TRL_ARGS="--sft-hf outputs/demo/sft/hf --data outputs/demo/data --quick"
+# the SFT policy and data of `make demo` (outputs/demo); smoke: make bench-trl BENCH_TRL_ARGS="... --quick"
 bench-trl: $(STAMP) $(TRL_STAMP)
 	PYTHONPATH=$(abspath $(TRL_DIR)) nice $(PY) tools/bench_vs_trl.py $(BENCH_TRL_ARGS)
 
