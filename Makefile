@@ -5,6 +5,7 @@
 # make test-latest  - drift check (not in CI): a throwaway venv with the newest allowed versions runs `make test-fast`
 # make bench        - CPU micro-benchmarks (kernels, rewards, data, GRPO step), ratios side by side
 # make gpu-env      - on a GPU node: the CUDA stack from constraints/gpu.lock (prints what it installs)
+# make bench-trl    - not in CI: TRL's GRPOTrainer (constraints/trl-cpu.lock, beside the venv) vs ours, 20 steps x 3 seeds
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,6 +19,12 @@ SGLANG_LOCK := constraints/sglang-cpu.lock
 SGLANG_DIR := $(VENV)/sglang-cpu
 SGLANG_STAMP := $(SGLANG_DIR)/.installed
 GPU_LOCK := constraints/gpu.lock
+# TRL (setup.py's `trl` extra) for tools/bench_vs_trl.py only: --no-deps into a folder of its own that only the
+# benchmark puts on its path, so .venv stays equal to the lock and `make test` never installs it.
+TRL_LOCK := constraints/trl-cpu.lock
+TRL_DIR := $(VENV)/trl-cpu
+TRL_STAMP := $(TRL_DIR)/.installed
+BENCH_TRL_ARGS ?= --sft-hf $(DEMO_DIR)/sft/hf --data $(DEMO_DIR)/data
 export MMR1_SGLANG_CPU_DIR ?= $(abspath $(SGLANG_DIR))
 PIP := $(PY) -m pip --disable-pip-version-check
 LATEST_VENV := .venv-latest
@@ -25,7 +32,7 @@ DEMO_DIR ?= outputs/demo
 export PYTHONWARNINGS ?= ignore
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: env demo test test-fast test-latest lock lint bench gpu-env clean
+.PHONY: env demo test test-fast test-latest lock lint bench bench-trl gpu-env clean
 
 env: $(STAMP) $(SGLANG_STAMP)
 
@@ -44,6 +51,10 @@ $(STAMP): setup.py pyproject.toml $(LOCK)
 $(SGLANG_STAMP): $(SGLANG_LOCK) | $(STAMP)
 	$(PIP) install -q --no-deps --no-compile --upgrade --target $(SGLANG_DIR) -r $(SGLANG_LOCK)
 	@touch $(SGLANG_STAMP)
+
+$(TRL_STAMP): $(TRL_LOCK) | $(STAMP)
+	$(PIP) install -q --no-deps --no-compile --upgrade --target $(TRL_DIR) -r $(TRL_LOCK)
+	@touch $(TRL_STAMP)
 
 # A throwaway venv with the newest versions that setup.py and constraints/cpu.txt (torch, triton) allow.
 define build_latest_venv
@@ -86,6 +97,10 @@ bench: $(STAMP)
 	$(PY) tools/bench_rewards.py
 	$(PY) tools/bench_data.py --dali-cpu
 	$(PY) tools/bench_step.py --quick
+
+# the SFT policy and data of `make demo` (outputs/demo); smoke: make bench-trl BENCH_TRL_ARGS="... --quick"
+bench-trl: $(STAMP) $(TRL_STAMP)
+	PYTHONPATH=$(abspath $(TRL_DIR)) nice $(PY) tools/bench_vs_trl.py $(BENCH_TRL_ARGS)
 
 # GPU nodes only (CUDA torch 2.14.1, Transformer Engine 2.11 for megatron-core 0.16.1, SGLang 0.5.23, DALI).
 # transformer-engine-torch ships as source only: it is built against the installed torch, without build isolation.

@@ -41,6 +41,13 @@ EXTRAS = {
         "sglang-router==0.3.2",  # real router in front of CPU stand-in servers in tests
         "nvidia-dali-cuda120==2.4.0",  # DALI image pipeline: its CPU-only pipelines are tested without a GPU
     ],
+    "trl": [
+        # benchmark only (tools/bench_vs_trl.py, `make bench-trl`): TRL's GRPOTrainer side by side with ours.
+        # Exact versions: constraints/trl-cpu.lock, installed --no-deps beside the venv, never by `make test`.
+        "trl==1.16.0",
+        "accelerate>=1.10.1",
+        "datasets>=4.7.0",
+    ],
 }
 
 setup(

@@ -7,6 +7,7 @@ imported ours instead and died with "cannot import name 'CUDAProperties' from 'k
 """
 
 import importlib.metadata
+import importlib.util
 import json
 import subprocess
 import sys
@@ -137,3 +138,44 @@ def test_gpu_check_wheels_are_pinned_to_the_cpu_lock():
     lock = _pins(LOCK)
     assert wheels and "megatron-core" in wheels
     assert {name: (v, lock.get(name)) for name, v in wheels.items() if lock.get(name) != v} == {}
+
+
+def _extra(name: str) -> list:
+    """setup.py's extra ``name`` as parsed requirements (one quoted requirement a line)."""
+    from packaging.requirements import Requirement
+
+    src = (REPO / "setup.py").read_text()
+    block = src[src.index(f'"{name}": ['):]
+    block = block[:block.index("],")]
+    return [Requirement(line.split('"')[1]) for line in block.splitlines()[1:] if line.strip().startswith('"')]
+
+
+def test_trl_lock_is_the_trl_extra_layered_on_the_cpu_lock():
+    """constraints/trl-cpu.lock pins setup.py's `trl` extra exactly and adds only what the CPU lock lacks (it is
+    installed --no-deps beside the venv, so a package in both at another version would shadow the tested one);
+    `make bench-trl` installs it into its own folder and `make test` / `make env` never do."""
+    from packaging.version import Version
+
+    trl_lock, cpu = _pins(REPO / "constraints" / "trl-cpu.lock"), _pins(LOCK)
+    assert all(v and not any(c in v for c in "<>=~!@ ") for v in trl_lock.values()), trl_lock
+    reqs = _extra("trl")
+    assert {r.name for r in reqs} >= {"trl", "accelerate", "datasets"}
+    for r in reqs:
+        assert r.name in trl_lock, f"{r.name} of the trl extra is not in trl-cpu.lock"
+        assert Version(trl_lock[r.name]) in r.specifier, (r, trl_lock[r.name])
+    trl = next(r for r in reqs if r.name == "trl")
+    assert str(trl.specifier).startswith("=="), "the trl extra pins TRL exactly"
+    assert sorted(set(trl_lock) & set(cpu)) == [], "already in cpu.lock: would shadow the locked version"
+    assert not {"torch", "torchvision", "transformers", "vllm"} & set(trl_lock)
+    makefile = (REPO / "Makefile").read_text()
+    assert "--no-deps --no-compile --upgrade --target $(TRL_DIR) -r $(TRL_LOCK)" in makefile
+    for target in ("env:", "test:", "test-fast:", "lint:"):
+        line = next(x for x in makefile.splitlines() if x.startswith(target))
+        assert "TRL" not in line, line
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="TRL is not installed (make bench-trl installs it)")
+def test_installed_trl_is_the_locked_one():
+    trl_lock = _pins(REPO / "constraints" / "trl-cpu.lock")
+    for name in ("trl", "accelerate", "datasets"):
+        assert importlib.metadata.version(name) == trl_lock[name], name

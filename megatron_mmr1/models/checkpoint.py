@@ -30,7 +30,8 @@ HF_FILES_DIR = "hf_files"
 # Non-weight files of a HF checkpoint that travel with the model (tokenizer, processor, chat template).
 AUX_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
              "merges.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.json",
-             "chat_template.jinja", "preprocessor_config.json", "video_preprocessor_config.json")
+             "chat_template.jinja", "preprocessor_config.json", "video_preprocessor_config.json",
+             "processor_config.json", "hf_processor.py")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -187,6 +188,20 @@ def write_hf_side_files(dst: Path, src: Optional[Path], config: Optional[dict]) 
         (dst / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
+def ensure_processor(dst: Path, min_pixels: int = 7056, max_pixels: int = 1048576) -> bool:
+    """Write the project's image + text processor (``megatron_mmr1.models.hf_processor``) into an exported HF
+    directory that has a tokenizer but no processor files, so that ``AutoProcessor`` loads it without
+    torchvision (TRL, plain transformers scripts); a directory with its own processor keeps it.
+    Returns whether it wrote one."""
+    from megatron_mmr1.models.hf_processor import save_processor
+
+    has_processor = any((dst / n).is_file() for n in ("processor_config.json", "preprocessor_config.json"))
+    if has_processor or not (dst / "tokenizer_config.json").is_file():
+        return False
+    save_processor(dst, min_pixels=min_pixels, max_pixels=max_pixels)
+    return True
+
+
 def save_hf(named_tensors: Iterable[tuple[str, Tensor]], out_dir: str | Path, hf_files_from: Optional[Path] = None,
             config: Optional[dict] = None, max_shard_bytes: int = 5 * 1024**3, dtype: Optional[torch.dtype] = None,
             total: Optional[int] = None) -> Path:
@@ -202,6 +217,7 @@ def save_hf(named_tensors: Iterable[tuple[str, Tensor]], out_dir: str | Path, hf
     for old in out.glob("model*.safetensors*"):
         old.unlink()
     write_hf_side_files(out, hf_files_from, config)
+    ensure_processor(out)
 
     files: list[list[str]] = []
     weight_map: dict[str, str] = {}

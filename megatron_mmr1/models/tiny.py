@@ -48,7 +48,10 @@ def make_tiny_hf_checkpoint(
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(str(out_dir), **kwargs)
     if tok is not None:
+        from megatron_mmr1.models.hf_processor import save_processor
+
         AutoTokenizer.from_pretrained(tok).save_pretrained(str(out_dir))
+        save_processor(out_dir)  # AutoProcessor(out_dir, trust_remote_code=True) loads it, without torchvision
     return out_dir
 
 

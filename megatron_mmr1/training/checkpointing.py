@@ -182,11 +182,11 @@ def load_checkpoint(load_dir: Path, chunks: list, optimizer, scheduler, load_opt
 def export_hf(cfg: RunConfig, chunks: list, out_dir: str) -> Optional[Path]:
     """Collective: the policy as a Hugging Face checkpoint. Each PP stage's first TP/DP rank writes its
     own layers (``model-ppK.safetensors``; gathered over TP); rank 0 writes the index and the
-    config / tokenizer files, so no rank ever holds the whole model."""
+    config / tokenizer / processor files, so no rank ever holds the whole model."""
     from megatron.core import parallel_state as mpu
     from safetensors.torch import save_file
 
-    from megatron_mmr1.models.checkpoint import write_hf_side_files
+    from megatron_mmr1.models.checkpoint import ensure_processor, write_hf_side_files
     from megatron_mmr1.models.hf_adapter import iter_hf_state
 
     out = Path(out_dir)
@@ -209,6 +209,7 @@ def export_hf(cfg: RunConfig, chunks: list, out_dir: str) -> Optional[Path]:
         if src is None and cfg.model.tokenizer_path:
             src = Path(cfg.model.tokenizer_path)
         write_hf_side_files(out, src, _hf_config(cfg) if not cfg.model.hf_path else None)
+        ensure_processor(out, cfg.data.min_pixels, cfg.data.max_pixels)  # AutoProcessor loads the export
         if pp > 1:
             weight_map = dict(sorted(x for g in gathered for x in g))
             (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map},
