@@ -12,7 +12,7 @@ thread waits for a descheduled partner at every parallel region: TRL's generatio
 18.2 s with 2 threads against 0.49 s with 1 at load average ~22 on 2 cores. Runs alternate (ours s0, TRL s0, ours s1, ...) so a load change on a shared
 machine hits both; every record keeps the load average before and after.
 
-Phases (``megatron_mmr1.training.trl_side``, whose docstring maps TRL's methods onto ours): generation,
+Phases (``megatron_mmr1.baselines.trl_side``, whose docstring maps TRL's methods onto ours): generation,
 reward, logprob, train, sync, other; per run the mean over steps 2..N (step 1 carries start-up costs),
 then mean ± std over seeds, and TRL / ours. Held-out accuracy: every final policy (and the SFT start)
 is exported to HF and evaluated by one harness, ``mmr1-eval`` (greedy, stand-in server, 256 tokens), on
@@ -43,13 +43,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 GRPO_CONFIG = ROOT / "examples/configs/tiny_cpu_grpo.yaml"
 
-from megatron_mmr1.training.trl_side import BenchSettings as Settings  # noqa: E402  (after the path insert)
+from megatron_mmr1.baselines.trl_side import BenchSettings as Settings  # noqa: E402  (after the path insert)
 
 
 def ours_overrides(s: Settings, seed: int, sft_hf: Path, pool: Path, out: Path) -> list[str]:
     return [
         f"model.hf_path={sft_hf}", f"model.tokenizer_path={sft_hf}", f"data.train_files=[{pool}]",
-        f"data.max_response_length={s.max_new_tokens}", f"training.train_iters={s.steps}",
+        f"data.max_response_length={s.max_new_tokens}", f"training.rollout_steps={s.steps}",
         f"training.rollout_batch_size={s.batch}", f"training.global_batch_size={s.batch * s.n}",
         "training.eval_interval=0", f"rollout.n={s.n}", "rollout.num_servers=1", f"rollout.seed={1000 + seed}",
         f"rollout.temperature={s.temperature}", "sampler.type=uniform", f"sampler.seed={2000 + seed}",
@@ -69,7 +69,7 @@ def worker_ours(s: Settings, seed: int, sft_hf: Path, pool: Path, out: Path) -> 
     from megatron_mmr1 import parallel
     from megatron_mmr1.config import load_config
     from megatron_mmr1.training import grpo
-    from megatron_mmr1.training.trl_side import ours_steps
+    from megatron_mmr1.baselines.trl_side import ours_steps
 
     cfg = load_config(str(GRPO_CONFIG), ours_overrides(s, seed, sft_hf, pool, out), world_size=1)
     info = parallel.initialize(cfg.parallel)
@@ -88,7 +88,7 @@ def worker_trl(s: Settings, seed: int, sft_hf: Path, pool: Path, out: Path) -> d
     from megatron_mmr1.data.chat import ChatFormatter
     from megatron_mmr1.data.records import read_records
     from megatron_mmr1.data.tokenizer import load_tokenizer
-    from megatron_mmr1.training.trl_side import prompt_order, run_trl, trl_rows
+    from megatron_mmr1.baselines.trl_side import prompt_order, run_trl, trl_rows
 
     records = read_records([str(pool)], "rl", DataConfig(kind="rl"))
     rows = trl_rows(records, ChatFormatter(load_tokenizer(sft_hf)), prompt_order(len(records), s.batch, s.steps, 2000 + seed))
@@ -189,7 +189,7 @@ def evaluate_all(args: argparse.Namespace, s: Settings, sft_hf: Path, data: Path
 
 
 def report(out: Path, evals: Optional[dict] = None) -> Optional[str]:
-    from megatron_mmr1.training.trl_side import markdown_table, summarize
+    from megatron_mmr1.baselines.trl_side import markdown_table, summarize
 
     records = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
     if not records:

@@ -1,4 +1,4 @@
-"""The TRL side-by-side benchmark's own logic (megatron_mmr1.training.trl_side): phases per step for both
+"""The TRL side-by-side benchmark's own logic (megatron_mmr1.baselines.trl_side): phases per step for both
 frameworks, the aggregation over steps and seeds, the ratio table, the prompt order, the reward adapters,
 and the timing wrappers on a stand-in trainer. TRL itself is not installed here; the last test runs one
 tiny TRL step where it is (``make bench-trl`` installs it)."""
@@ -9,7 +9,7 @@ import importlib.util
 
 import pytest
 
-from megatron_mmr1.training import trl_side as ts
+from megatron_mmr1.baselines import trl_side as ts
 
 
 def _history(steps: list[dict]) -> dict:
