@@ -611,11 +611,6 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None, nnodes: Optional[
                f"world size {world_size} is not divisible by parallel.tp*parallel.pp={p.tp * p.pp}")
         dp = world_size // (p.tp * p.pp)
 
-    if launch:
-        _check_mode_inputs(cfg)
-    _check(t.mode != "grpo" or t.train_iters == TrainingConfig.train_iters,
-           f"training.train_iters={t.train_iters} counts optimizer steps (SFT, lm_smoke); a GRPO run's length is "
-           f"training.rollout_steps (set training.rollout_steps={t.train_iters} instead)")
     for name in ("rollout_batch_size", "global_batch_size", "micro_batch_size", "train_iters", "rollout_steps"):
         _check(getattr(t, name) >= 1, f"training.{name}={getattr(t, name)} must be >= 1")
     _check(t.global_batch_size % t.micro_batch_size == 0,
@@ -670,6 +665,12 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None, nnodes: Optional[
            "/release_memory_occupation (server not idle): use abort or retract with rollout.colocate")
     _check(0 < cfg.rollout.top_p <= 1, f"rollout.top_p={cfg.rollout.top_p} must be in (0, 1]")
     _check_standin_sync(cfg)
+    # After the structural checks, so a wrong layout or batch is reported before what the mode reads.
+    if launch:
+        _check_mode_inputs(cfg)
+    _check(t.mode != "grpo" or t.train_iters == TrainingConfig.train_iters,
+           f"training.train_iters={t.train_iters} counts optimizer steps (SFT, lm_smoke); a GRPO run's length is "
+           f"training.rollout_steps (set training.rollout_steps={t.train_iters} instead)")
 
 
 def _check_pipeline_sync(cfg: RunConfig) -> None:
