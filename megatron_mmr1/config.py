@@ -78,6 +78,17 @@ class ParallelConfig:
     """Shard optimizer state over DP ranks (GPU only; CPU uses the plain optimizer)."""
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """torch.distributed backend: nccl when CUDA is available, gloo otherwise."""
+    vpp: int = 1
+    """Virtual pipeline stages per rank (megatron's interleaved 1F1B; virtual_pipeline_model_parallel_size).
+    > 1 needs parallel.pp > 1 and shrinks the pipeline bubble by this factor."""
+    cp: int = 1
+    """Context-parallel size: each sequence is split over cp ranks (long CoT responses). Needs Transformer
+    Engine attention."""
+    tp_comm_overlap: bool = False
+    """Overlap TP all-gather / reduce-scatter with GEMMs (Transformer Engine userbuffers; GPU, TE, sequence
+    parallelism)."""
+    overlap_param_gather: bool = False
+    """Distributed optimizer: all-gather updated params bucket by bucket during the next forward."""
     seed: int = 1234
     """Base seed; TP ranks get megatron's model-parallel RNG offsets."""
 
@@ -166,6 +177,9 @@ class RolloutConfig:
     """Bucket size for broadcast weight updates."""
     colocate: bool = False
     """Servers share GPUs with the trainer (release/resume memory around training)."""
+    offload_trainer: bool = False
+    """Colocated: trainer params, grads and optimizer state leave the GPU while the servers generate, and come
+    back before the log-prob pass (what verl and slime do to fit big policies)."""
     weight_sync_flattened: bool = True
     """Send each bucket as one flattened tensor (SGLang flattened_bucket; one broadcast per bucket, 5x faster at 32 MB on gloo) instead of tensor by tensor."""
     weight_sync_master_address: Optional[str] = None
@@ -313,6 +327,11 @@ class OptimizerConfig:
     """AdamW epsilon."""
     clip_grad: float = 1.0
     """Global grad-norm clip (0 = off)."""
+    cpu_offload: bool = False
+    """megatron-core's optimizer CPU offload (HybridDeviceOptimizer): the Adam step and its state for
+    ``offload_fraction`` of the params live on the host."""
+    offload_fraction: float = 1.0
+    """Share of the optimizer state kept on the host with optim.cpu_offload."""
 
 
 @dataclass
