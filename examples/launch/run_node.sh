@@ -2,7 +2,7 @@
 # One node's part of a GRPO run: the SGLang servers (and sglang-router in front of them) that the plan
 # puts on this node, then the trainer if this node trains. The layout is read from the config itself
 # (parallel.*, rollout.colocate / num_servers and its "# cluster: nodes=N server_tp=T" line) through
-# `tools/plan_cluster.py --config CONFIG --shell`, so the config is the one place it is written.
+# `python -m megatron_mmr1.planning --config CONFIG --shell`, so the config is the one place it is written.
 #
 #   one node:    MODEL=/ckpt/hf bash examples/launch/run_node.sh examples/configs/mmr1_grpo_7b_colocate.yaml \
 #                    data.train_files=[/data/rl.parquet]
@@ -34,8 +34,8 @@ DRY_RUN=${DRY_RUN:-0}
 die() { echo "run_node.sh: $*" >&2; exit 1; }
 run() { if [ "$DRY_RUN" = 1 ]; then echo "+ $(printf "%q " "$@")"; else "$@"; fi; }
 
-plan=$($PYTHON tools/plan_cluster.py --config "$CONFIG" --shell model.hf_path="$MODEL" "$@") \
-    || die "no layout for $CONFIG (tools/plan_cluster.py said why above; without --shell it shows the plan)"
+plan=$($PYTHON -m megatron_mmr1.planning --config "$CONFIG" --shell model.hf_path="$MODEL" "$@") \
+    || die "no layout for $CONFIG (the planner said why above; without --shell it shows the plan)"
 eval "$plan"
 [ "$NNODES" = "$PLAN_NODES" ] || die "$CONFIG is planned for $PLAN_NODES node(s), NNODES=$NNODES"
 # The run's own settings the servers must share (image pixel limits, admission limit), read from the config

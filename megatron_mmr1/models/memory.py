@@ -118,25 +118,57 @@ class MicroBatchShape:
     """Micro-batches per optimizer step on one DP rank (caps the 1F1B in-flight count)."""
 
 
+MLP_RECOMPUTE_SAVES = 8
+"""Bytes per token and FFN unit that recomputing the MLP frees (fc1 output, silu(gate), fc2 input)."""
+LAYERNORM_RECOMPUTE_SAVES = 4
+"""Bytes per token and hidden unit that recomputing the two norms frees (their outputs: QKV and fc1 inputs)."""
+
+
+def lm_kept_bytes(dims: dict[str, Any], tp: int, modules: Optional[Iterable[str]]) -> float:
+    """Bytes per token and layer kept for backward under selective recompute of ``modules`` (megatron's
+    recompute_modules; core_attn frees nothing that flash attention keeps)."""
+    kept = lm_layer_activation_bytes(dims, tp)
+    mods = set(modules or ())
+    if "mlp" in mods:
+        kept -= MLP_RECOMPUTE_SAVES * dims["ffn_hidden_size"] / tp
+    if "layernorm" in mods:
+        kept -= LAYERNORM_RECOMPUTE_SAVES * dims["hidden_size"] / tp
+    return kept
+
+
+def interleave_factor(pp: int, vpp: int) -> float:
+    """Extra in-flight activations of megatron's interleaved 1F1B on the first stage: 1 + (pp-1)/(pp*vpp)
+    (Korthikanti et al. 2022, section 4.2.3); 1 without virtual stages."""
+    return 1.0 + (pp - 1) / (pp * vpp) if vpp > 1 and pp > 1 else 1.0
+
+
+def _vision_activation_bytes(dims: dict[str, Any], mb: MicroBatchShape, recompute: Optional[str]) -> tuple[float, float]:
+    """(stored per in-flight micro-batch, working set) of a trained vision tower on stage 0."""
+    v = dims["vision"]
+    block = vision_block_activation_bytes(dims)
+    if recompute is not None:  # any recompute checkpoints the vision blocks (models/vision.py)
+        return mb.patches * v["vision_depth"] * 2 * v["vision_hidden_size"], mb.patches * block
+    return mb.patches * v["vision_depth"] * block, 0.0
+
+
 def activation_bytes(dims: dict[str, Any], tp: int, pp: int, stage: int, mb: MicroBatchShape,
-                     recompute: Optional[str], train_vision: bool = True) -> float:
-    """Peak activation bytes of one GPU of pipeline ``stage`` during 1F1B training."""
+                     recompute: Optional[str], train_vision: bool = True, cp: int = 1, vpp: int = 1,
+                     recompute_modules: Optional[Iterable[str]] = None) -> float:
+    """Peak activation bytes of one GPU of pipeline ``stage`` during 1F1B training. Context parallelism
+    splits each micro-batch's LM tokens over ``cp`` ranks (the vision tower runs whole images)."""
     layers = stage_layers(dims["num_layers"], pp)[stage]
-    per_token_layer = lm_layer_activation_bytes(dims, tp)
+    tokens = mb.tokens / cp
     if recompute == "full":
-        stored = mb.tokens * layers * 2 * dims["hidden_size"] / tp
-        working = mb.tokens * per_token_layer
+        stored = tokens * layers * 2 * dims["hidden_size"] / tp
+        working = tokens * lm_layer_activation_bytes(dims, tp)
     else:
-        stored, working = mb.tokens * layers * per_token_layer, 0.0
+        modules = recompute_modules if recompute == "selective" else None
+        stored, working = tokens * layers * lm_kept_bytes(dims, tp, modules), 0.0
     if stage == 0 and train_vision:  # a frozen tower runs without autograd: nothing kept
-        v = dims["vision"]
-        block = vision_block_activation_bytes(dims)
-        if recompute is not None:  # any recompute checkpoints the vision blocks (models/vision.py)
-            stored += mb.patches * v["vision_depth"] * 2 * v["vision_hidden_size"]
-            working += mb.patches * block
-        else:
-            stored += mb.patches * v["vision_depth"] * block
-    in_flight = max(min(pp - stage, mb.count), 1)
+        v_stored, v_working = _vision_activation_bytes(dims, mb, recompute)
+        stored += v_stored
+        working += v_working
+    in_flight = max(min(pp - stage, mb.count), 1) * (interleave_factor(pp, vpp) if stage == 0 else 1.0)
     return in_flight * stored + working
 
 
@@ -158,6 +190,11 @@ class TrainerMemory:
     reference: float
     """Reference-policy weights while swapped in for the reference forward (0 on GPU while idle: kept on CPU)."""
     overhead: float = FRAMEWORK_OVERHEAD
+    host_optimizer: float = 0.0
+    """Adam state the HybridDeviceOptimizer keeps on the host (optim.cpu_offload; not in ``optimizer``)."""
+    vision: float = 0.0
+    """Of weights + grads + optimizer above: the vision tower's (stage 0; replicated on every TP rank,
+    Adam sharded over DP x CP like the rest)."""
 
     @property
     def resident(self) -> float:
@@ -180,18 +217,28 @@ class TrainerMemory:
 
 def trainer_memory(dims: dict[str, Any], tp: int, pp: int, dp: int, mb: MicroBatchShape,
                    recompute: Optional[str], train_vision: bool = True, use_reference: bool = True,
-                   distributed_optimizer: bool = True, vision: Optional[int] = None) -> TrainerMemory:
-    """The stage with the highest peak of a TP x PP x DP trainer."""
+                   distributed_optimizer: bool = True, vision: Optional[int] = None, cp: int = 1, vpp: int = 1,
+                   recompute_modules: Optional[Iterable[str]] = None, host_optimizer_fraction: float = 0.0
+                   ) -> TrainerMemory:
+    """The stage with the highest peak of a TP x PP x DP (x CP) trainer. The distributed optimizer shards
+    over DP x CP; ``host_optimizer_fraction`` of it lives on the host (optim.cpu_offload)."""
     vision = vision_params(dims) if vision is None else vision
     out = []
     for s in stage_params(dims, tp, pp, vision):
         trained = s.params - (vision if s.stage == 0 and not train_vision else 0)
-        b = StageMemory(s.stage, trained).bytes(dp, distributed_optimizer)
+        b = StageMemory(s.stage, trained).bytes(dp * cp, distributed_optimizer)
+        own_vision = vision if s.stage == 0 else 0
+        vis_trained = own_vision if train_vision else 0
         out.append(TrainerMemory(
-            stage=s.stage, params=s.params, weights=2 * s.params, grads=b["grads"], optimizer=b["optimizer"],
-            activations=activation_bytes(dims, tp, pp, s.stage, mb, recompute, train_vision),
+            stage=s.stage, params=s.params, weights=2 * s.params, grads=b["grads"],
+            optimizer=b["optimizer"] * (1 - host_optimizer_fraction),
+            activations=activation_bytes(dims, tp, pp, s.stage, mb, recompute, train_vision, cp, vpp,
+                                         recompute_modules),
             logits=LOGITS_WORKSPACE if s.stage == pp - 1 else 0.0,
-            reference=2 * s.params if use_reference else 0.0))
+            reference=2 * s.params if use_reference else 0.0,
+            host_optimizer=b["optimizer"] * host_optimizer_fraction,
+            vision=2 * own_vision + (4 + 12 * (1 - host_optimizer_fraction) / (dp * cp if distributed_optimizer
+                                                                              else 1)) * vis_trained))
     return max(out, key=lambda m: m.peak)
 
 
