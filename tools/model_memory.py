@@ -7,7 +7,7 @@
 The reference policy of the KL term (``algorithm.use_kl_loss``) is frozen bf16 weights of the same
 shards, kept in CPU memory and swapped in for the reference forward only: 0 GPU bytes while idle; the
 last column is its size (the CPU copy, and the GPU bytes during that forward). At 7B with TP4 that is
-4.8 GiB per GPU. Activations, the KV cache and whole-cluster layouts: ``tools/plan_cluster.py``.
+4.8 GiB per GPU. Activations, the KV cache and whole-cluster layouts: ``python -m megatron_mmr1.planning``.
 """
 
 import argparse
