@@ -21,11 +21,13 @@ RECOMPUTES = (None, "selective", "full")
 def valid_trainer(cfg: RunConfig, tp: int, pp: int, world: int, opts: TrainerOptions,
                   colocate: Optional[bool] = None) -> Optional[RunConfig]:
     """``cfg`` with this TP/PP, knobs and mode when the run config accepts it on ``world`` ranks (its own
-    rules, e.g. the colocated CUDA-IPC sync's PP=1)."""
-    cand = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, tp=tp, pp=pp))
+    rules, e.g. the colocated CUDA-IPC sync's PP=1), served by SGLang (what the planner models; the CPU
+    stand-in's rules do not apply)."""
+    rollout = dataclasses.replace(cfg.rollout, backend="sglang", seed=None)
+    cand = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, tp=tp, pp=pp), rollout=rollout)
     if colocate is not None and colocate != cfg.rollout.colocate:
         sync = "tensor" if colocate else "distributed"
-        cand = dataclasses.replace(cand, rollout=dataclasses.replace(cfg.rollout, colocate=colocate, weight_sync=sync),
+        cand = dataclasses.replace(cand, rollout=dataclasses.replace(rollout, colocate=colocate, weight_sync=sync),
                                    training=dataclasses.replace(cfg.training, async_rollout=False))
     cand = opts.apply(cand)
     try:

@@ -156,6 +156,16 @@ def test_72b_fits_2_nodes_colocated_with_offload():
     assert 0 < plan.train_mfu < A.train_mfu  # recompute and unoverlapped TP collectives cost
 
 
+def test_search_plans_sglang_servers_on_a_cuda_machine_too(monkeypatch):
+    # The default config's CPU stand-in server refuses CUDA-IPC sync where CUDA is present; the planner plans
+    # SGLang servers, so a login or GPU node finds the same colocated layout as this CPU machine.
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    plan = pc.search(_cfg(), 1, H100, A, colocate=True, recomputes=("selective",))
+    assert plan.fits and plan.colocated
+
+
 def test_7b_fits_1_node_colocated_with_the_offload_timed():
     plan = pc.search(_cfg(), 1, H100, A, colocate=True)
     assert plan.fits and plan.colocated and plan.trainer.gpus == 8
