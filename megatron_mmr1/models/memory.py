@@ -14,7 +14,10 @@ that ``models/language.py`` configures), i.e. ``12h + 4*groups*head_dim + 8f`` b
 (``2h / TP``) plus one layer's working set. The vision tower (replicated, not TP-split) is counted
 the same way per patch; megatron's selective recompute saves nothing more than flash attention
 already does, so it counts as ``None`` for the LM, while any recompute checkpoints the vision blocks
-(``models/vision.py``). Under 1F1B pipelining stage s holds ``pp - s`` micro-batches in flight.
+(``models/vision.py``); ``recompute_modules`` [mlp] / [layernorm] free the MLP's ``8f`` / the norm outputs'
+``4h`` bytes. Under 1F1B pipelining stage s holds ``pp - s`` micro-batches in flight (times
+``1 + (pp-1)/(pp*vpp)`` on stage 0 with virtual stages); context parallelism divides the LM tokens by ``cp`` and
+shards Adam over DP x CP; ``host_optimizer_fraction`` of Adam lives on the host (optim.cpu_offload).
 """
 
 from __future__ import annotations
