@@ -707,7 +707,7 @@ def _check_mcore_features(cfg: RunConfig, world_size: Optional[int]) -> None:
                f"parallel.pp*parallel.vpp={p.pp}*{p.vpp} (every virtual stage gets the same number of layers)")
         _check(cfg.training.mode != "lm_smoke", f"parallel.vpp={p.vpp} with training.mode=lm_smoke: the smoke model "
                "is one chunk per rank; use parallel.vpp=1 there")
-    if world_size is not None:
+    if world_size is not None and p.cp > 1:  # cp = 1: the tp*pp check of validate speaks
         _check(world_size % (p.tp * p.pp * p.cp) == 0, f"world size {world_size} is not divisible by "
                f"parallel.tp*parallel.pp*parallel.cp={p.tp}*{p.pp}*{p.cp}")
     _check(p.cp == 1, f"parallel.cp={p.cp}: context parallelism is not wired into the packed (THD) micro-batches, "

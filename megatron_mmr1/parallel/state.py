@@ -82,8 +82,9 @@ def initialize(cfg: ParallelConfig, timeout_minutes: int = 30) -> DistInfo:
         )
     world_size = dist.get_world_size()
     if world_size % (cfg.tp * cfg.pp * cfg.cp) != 0:
-        raise ConfigError(f"world size {world_size} is not divisible by parallel.tp*parallel.pp*parallel.cp="
-                          f"{cfg.tp}*{cfg.pp}*{cfg.cp}")
+        keys, sizes = ("parallel.tp*parallel.pp*parallel.cp", f"{cfg.tp}*{cfg.pp}*{cfg.cp}") if cfg.cp > 1 else \
+            ("parallel.tp*parallel.pp", f"{cfg.tp}*{cfg.pp}")
+        raise ConfigError(f"world size {world_size} is not divisible by {keys}={sizes}")
     if not mpu.model_parallel_is_initialized():
         mpu.initialize_model_parallel(
             tensor_model_parallel_size=cfg.tp, pipeline_model_parallel_size=cfg.pp,
