@@ -7,9 +7,9 @@ import torch
 
 from tests.dist_utils import spawn
 from tests.training.conftest import sft_overrides
-from tests.training.grpo_workers import grpo_gradient_hf
+from tests.training.grpo_workers import grpo_gradient_hf, grpo_update
 from tests.training.sft_workers import run_sft
-from tests.training.test_grpo import grpo_overrides
+from tests.training.test_grpo import ONE_UPDATE, grpo_overrides
 from tests.training.test_sft import ONE_STEP, _losses, _weights, assert_close_scaled
 from tests.training.vpp_workers import sft_gradient_hf
 
@@ -57,6 +57,22 @@ def test_vpp2_grpo_grads_equal_vpp1(task, tmp_path):
     got = spawn(grpo_gradient_hf, 2, [*common, "parallel.vpp=2"])
     assert got[0]["micro_batches"] >= 3
     _assert_same_grads(_merged(got), _merged(ref), "grpo vpp=2")
+
+
+def test_vpp2_grpo_update_matches_vpp1(task, tmp_path):
+    """A whole GRPO update on fixed rollouts: reference and old log-prob passes (forward-only interleaved
+    schedule), the KL term against the reference policy held per chunk, the optimizer step, the export."""
+    ref = spawn(grpo_update, 2, grpo_overrides(task, tmp_path / "a", *ONE_UPDATE, PP2, "parallel.vpp=1"),
+                str(tmp_path / "a" / "hf"))[0]
+    got = spawn(grpo_update, 2, grpo_overrides(task, tmp_path / "b", *ONE_UPDATE, PP2, "parallel.vpp=2"),
+                str(tmp_path / "b" / "hf"))[0]
+    assert ref["policy/kl_ref"] > 0, "the KL term must be active in this test"
+    for k in ("loss", "grad_norm", "policy/kl_ref"):
+        assert got[k] == pytest.approx(ref[k], rel=1e-5, abs=1e-7), k
+    want, have = _weights(tmp_path / "a" / "hf"), _weights(tmp_path / "b" / "hf")
+    assert have.keys() == want.keys()
+    for k in want:
+        assert_close_scaled(have[k], want[k], 1e-5, f"grpo export vpp=2: {k}")
 
 
 def test_vpp2_sft_step_export_and_resume_match_vpp1(task, tmp_path):
