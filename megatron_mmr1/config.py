@@ -83,12 +83,13 @@ class ParallelConfig:
     > 1 needs parallel.pp > 1 and shrinks the pipeline bubble by this factor."""
     cp: int = 1
     """Context-parallel size: each sequence is split over cp ranks (long CoT responses). Needs Transformer
-    Engine attention."""
+    Engine attention; > 1 is refused until the packed micro-batches are split per CP rank (docs/training.md)."""
     tp_comm_overlap: bool = False
     """Overlap TP all-gather / reduce-scatter with GEMMs (Transformer Engine userbuffers; GPU, TE, sequence
-    parallelism)."""
+    parallelism). Refused: userbuffers need a fixed micro-batch shape, packed micro-batches vary."""
     overlap_param_gather: bool = False
-    """Distributed optimizer: all-gather updated params bucket by bucket during the next forward."""
+    """Distributed optimizer: all-gather updated params bucket by bucket during the next forward. Refused: the
+    weight sync, reference swap and checkpoints read params between steps (docs/training.md)."""
     seed: int = 1234
     """Base seed; TP ranks get megatron's model-parallel RNG offsets."""
 
@@ -694,7 +695,7 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None, nnodes: Optional[
 
 
 def _check_mcore_features(cfg: RunConfig, world_size: Optional[int]) -> None:
-    """megatron-core switches (docs/performance.md): what each needs, and the ones this trainer refuses."""
+    """megatron-core switches (docs/training.md): what each needs, and the ones this trainer refuses."""
     from megatron_mmr1.models.presets import resolve_model_dims
 
     p, m = cfg.parallel, cfg.model

@@ -9,7 +9,7 @@ Engine's ``thd_get_partitioned_indices`` does), so every sequence keeps its own 
     row = split_packed_for_cp_rank(tokens, cu_seqlens, 2, 1)       # each sequence's chunks 1 and 2
     tokens == merge_cp_pieces([split_for_cp_rank(tokens, 2, r) for r in range(2)])
 
-Not wired into training yet: config.validate refuses ``parallel.cp`` > 1 (docs/performance.md).
+Not wired into training yet: config.validate refuses ``parallel.cp`` > 1 (docs/training.md).
 """
 
 from __future__ import annotations
