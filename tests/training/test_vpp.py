@@ -48,6 +48,9 @@ def test_vpp2_sft_loss_and_grads_equal_vpp1(task, tmp_path, budget, count):
     assert got[0]["micro_batches"] == count
     assert got[-1]["loss"] == pytest.approx(ref[-1]["loss"], rel=1e-6)
     _assert_same_grads(_merged(got), _merged(ref), "sft vpp=2")
+    if count % 2:  # and with DDP's GPU default, overlap_grad_reduce, forced on
+        got = spawn(sft_gradient_hf, 2, [*common, "parallel.vpp=2"], True)
+        _assert_same_grads(_merged(got), _merged(ref), "sft vpp=2 overlap_grad_reduce")
 
 
 def test_vpp2_grpo_grads_equal_vpp1(task, tmp_path):
