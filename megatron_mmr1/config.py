@@ -83,12 +83,13 @@ class ParallelConfig:
     > 1 needs parallel.pp > 1 and shrinks the pipeline bubble by this factor."""
     cp: int = 1
     """Context-parallel size: each sequence is split over cp ranks (long CoT responses). Needs Transformer
-    Engine attention."""
+    Engine attention; > 1 is refused until the packed micro-batches are split per CP rank (docs/training.md)."""
     tp_comm_overlap: bool = False
     """Overlap TP all-gather / reduce-scatter with GEMMs (Transformer Engine userbuffers; GPU, TE, sequence
-    parallelism)."""
+    parallelism). Refused: userbuffers need a fixed micro-batch shape, packed micro-batches vary."""
     overlap_param_gather: bool = False
-    """Distributed optimizer: all-gather updated params bucket by bucket during the next forward."""
+    """Distributed optimizer: all-gather updated params bucket by bucket during the next forward. Refused: the
+    weight sync, reference swap and checkpoints read params between steps (docs/training.md)."""
     seed: int = 1234
     """Base seed; TP ranks get megatron's model-parallel RNG offsets."""
 
@@ -623,6 +624,7 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None, nnodes: Optional[
     heads, groups = dims["num_attention_heads"], dims["num_query_groups"]
     _check(heads % groups == 0, f"model.num_query_groups={groups} does not divide num_attention_heads={heads}")
     check_parallel_dims(dims, p.tp, p.pp)
+    _check_mcore_features(cfg, world_size)
 
     dp = None
     if world_size is not None:
@@ -690,6 +692,40 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None, nnodes: Optional[
     _check(t.mode != "grpo" or t.train_iters == TrainingConfig.train_iters,
            f"training.train_iters={t.train_iters} counts optimizer steps (SFT, lm_smoke); a GRPO run's length is "
            f"training.rollout_steps (set training.rollout_steps={t.train_iters} instead)")
+
+
+def _check_mcore_features(cfg: RunConfig, world_size: Optional[int]) -> None:
+    """megatron-core switches (docs/training.md): what each needs, and the ones this trainer refuses."""
+    from megatron_mmr1.models.presets import resolve_model_dims
+
+    p, m = cfg.parallel, cfg.model
+    for key in ("vpp", "cp"):
+        _check(getattr(p, key) >= 1, f"parallel.{key}={getattr(p, key)} must be >= 1")
+    if p.vpp > 1:
+        layers = resolve_model_dims(m)["num_layers"]
+        _check(p.pp > 1, f"parallel.vpp={p.vpp} needs parallel.pp > 1 (virtual stages interleave pipeline ranks)")
+        _check(layers % (p.pp * p.vpp) == 0, f"parallel.vpp={p.vpp}: model.num_layers={layers} is not divisible by "
+               f"parallel.pp*parallel.vpp={p.pp}*{p.vpp} (every virtual stage gets the same number of layers)")
+        _check(cfg.training.mode != "lm_smoke", f"parallel.vpp={p.vpp} with training.mode=lm_smoke: the smoke model "
+               "is one chunk per rank; use parallel.vpp=1 there")
+    if world_size is not None and p.cp > 1:  # cp = 1: the tp*pp check of validate speaks
+        _check(world_size % (p.tp * p.pp * p.cp) == 0, f"world size {world_size} is not divisible by "
+               f"parallel.tp*parallel.pp*parallel.cp={p.tp}*{p.pp}*{p.cp}")
+    _check(p.cp == 1, f"parallel.cp={p.cp}: context parallelism is not wired into the packed (THD) micro-batches, "
+           "M-RoPE positions and fused log-prob losses of this trainer yet; set parallel.cp=1 "
+           "(megatron's local attention refuses CP too: it needs Transformer Engine)")
+    _check(not p.tp_comm_overlap, "parallel.tp_comm_overlap=true: Transformer Engine userbuffers are allocated for a "
+           "fixed tokens-per-micro-batch shape and this trainer's packed micro-batches vary in length; set it to false")
+    _check(not p.overlap_param_gather or p.use_distributed_optimizer,
+           "parallel.overlap_param_gather=true needs parallel.use_distributed_optimizer=true")
+    _check(not p.overlap_param_gather, "parallel.overlap_param_gather=true: params gathered in the next forward would "
+           "be stale when the weight sync, the reference-policy swap and checkpointing read them between steps; "
+           "not supported yet, set it to false")
+    if m.recompute == "selective" and m.recompute_modules and "layernorm" in m.recompute_modules:
+        from megatron_mmr1.models.language import uses_te
+
+        _check(uses_te(m), "model.recompute_modules=[layernorm] needs Transformer Engine (megatron-core 0.16.1's norm "
+               "checkpoint calls TE's FP8 state; TE layers fuse the norms anyway): drop layernorm from the list")
 
 
 def _check_pipeline_sync(cfg: RunConfig) -> None:

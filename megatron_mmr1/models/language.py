@@ -60,6 +60,11 @@ def build_transformer_config(model_cfg: ModelConfig, parallel_cfg: ParallelConfi
         hidden_dropout=0.0,
         tensor_model_parallel_size=parallel_cfg.tp,
         pipeline_model_parallel_size=parallel_cfg.pp,
+        virtual_pipeline_model_parallel_size=parallel_cfg.vpp if parallel_cfg.vpp > 1 else None,
+        # Interleaving as Megatron-LM runs it: p2p overlapped, not batched. Batched at pp=2, the shape exchange of
+        # variable_seq_lengths posts both directions to one peer in one batch and swaps them (wrong activations).
+        overlap_p2p_comm=parallel_cfg.vpp > 1,
+        batch_p2p_comm=parallel_cfg.vpp == 1,
         # megatron's torch-norm fallback (local spec, no TE/apex) cannot do sequence parallelism.
         sequence_parallel=uses_sequence_parallel(model_cfg, parallel_cfg),
         params_dtype=dtype,
@@ -128,19 +133,21 @@ def build_language_model(
     pre_process: Optional[bool] = None,
     post_process: Optional[bool] = None,
     dims: Optional[dict[str, Any]] = None,
+    vp_stage: Optional[int] = None,
     **config_overrides: Any,
 ):
     """One pipeline stage of the language model (megatron decides the stage from parallel_state);
-    ``dims``: the model dims when the caller has resolved them already."""
+    ``dims``: the model dims when the caller has resolved them already; ``vp_stage``: the virtual
+    pipeline stage of this chunk (``parallel.vpp`` > 1), which picks its layers."""
     from megatron.core import parallel_state as mpu
     from megatron.core.models.gpt import GPTModel
 
     dims = dims or resolve_model_dims(model_cfg)
     config = build_transformer_config(model_cfg, parallel_cfg, dims, **config_overrides)
     if pre_process is None:
-        pre_process = mpu.is_pipeline_first_stage()
+        pre_process = mpu.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
     if post_process is None:
-        post_process = mpu.is_pipeline_last_stage()
+        post_process = mpu.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
     return GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(model_cfg),
@@ -151,4 +158,5 @@ def build_language_model(
         share_embeddings_and_output_weights=bool(dims["tie_word_embeddings"]),
         position_embedding_type="mrope",
         rotary_base=int(dims["rope_theta"]),
+        vp_stage=vp_stage,
     )

@@ -1,6 +1,6 @@
 """Qwen2.5-VL as one megatron model chunk: HF vision tower (first PP stage) + megatron GPTModel.
 
-    chunks = build_model(cfg)                     # one chunk per (virtual) pipeline stage
+    chunks = build_model(cfg)                     # one chunk per virtual pipeline stage (parallel.vpp)
     logits = chunks[0](input_ids, None, attention_mask, pixel_values=pv, image_grid_thw=thw)
     hidden = chunks[0](..., return_hidden=True)   # + chunks[0].output_layer_weight() for fused losses
 
@@ -58,7 +58,7 @@ class Qwen25VLModel(torch.nn.Module):
 
     def __init__(self, model_cfg: ModelConfig, parallel_cfg: ParallelConfig,
                  pre_process: bool, post_process: bool, init_weights: bool = True,
-                 dims: Optional[dict[str, Any]] = None):
+                 dims: Optional[dict[str, Any]] = None, vp_stage: Optional[int] = None):
         super().__init__()
         self.dims = dims or resolve_model_dims(model_cfg)  # resolved once: it may read config.json
         check_parallel_dims(self.dims, parallel_cfg.tp, parallel_cfg.pp)
@@ -66,7 +66,8 @@ class Qwen25VLModel(torch.nn.Module):
         self.freeze_vision = model_cfg.freeze_vision
         # init_weights=False skips megatron's random init when weights are loaded right after.
         self.language_model = build_language_model(model_cfg, parallel_cfg, pre_process, post_process,
-                                                   dims=self.dims, perform_initialization=init_weights)
+                                                   dims=self.dims, vp_stage=vp_stage,
+                                                   perform_initialization=init_weights)
         if not init_weights:
             mark_tensor_parallel_params(self.language_model)
         self.config = self.language_model.config
@@ -208,18 +209,26 @@ def _split_cfg(cfg: Union[RunConfig, tuple[ModelConfig, ParallelConfig]]) -> tup
 
 def build_model(cfg: Union[RunConfig, tuple[ModelConfig, ParallelConfig]], load_hf: bool = True,
                 init_weights: bool = True) -> list[Qwen25VLModel]:
-    """Model chunks of this rank (megatron style: one per virtual stage; we use one), on the GPU when
-    there is one. With ``model.hf_path`` set and ``load_hf``, the HF weights are loaded for this
-    rank's TP/PP shard straight from the safetensors files."""
+    """Model chunks of this rank, megatron style: one per virtual pipeline stage (``parallel.vpp``; chunk
+    v of pipeline rank r holds the layers of global stage v * pp + r, the vision tower sits in chunk 0
+    of rank 0), on the GPU when there is one. With ``model.hf_path`` set and ``load_hf``, the HF weights
+    are loaded for this rank's TP/PP shard straight from the safetensors files."""
     from megatron.core import parallel_state as mpu
 
     model_cfg, parallel_cfg = _split_cfg(cfg)
     load = bool(model_cfg.hf_path) and load_hf
-    model = Qwen25VLModel(model_cfg, parallel_cfg, pre_process=mpu.is_pipeline_first_stage(),
-                          post_process=mpu.is_pipeline_last_stage(), init_weights=init_weights and not load)
-    if torch.cuda.is_available():
-        model.cuda(torch.cuda.current_device())
-    chunks = [model]
+    dims = resolve_model_dims(model_cfg)
+    vpp = parallel_cfg.vpp if parallel_cfg.vpp > 1 else None
+    chunks = []
+    for v in range(vpp or 1):
+        stage = v if vpp else None
+        model = Qwen25VLModel(model_cfg, parallel_cfg, dims=dims, vp_stage=stage,
+                              pre_process=mpu.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
+                              post_process=mpu.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
+                              init_weights=init_weights and not load)
+        if torch.cuda.is_available():
+            model.cuda(torch.cuda.current_device())
+        chunks.append(model)
     if load:
         from megatron_mmr1.models.checkpoint import load_hf_weights
 

@@ -61,7 +61,7 @@ def set_seed(seed: int) -> None:
 
 def initialize(cfg: ParallelConfig, timeout_minutes: int = 30) -> DistInfo:
     """Init torch.distributed from RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT, then megatron
-    parallel_state with TP/PP (DP is what is left), then seeds."""
+    parallel_state with TP/PP/CP and the virtual pipeline size (DP is what is left), then seeds."""
     from megatron.core import parallel_state as mpu
     from megatron.core import tensor_parallel
 
@@ -81,13 +81,15 @@ def initialize(cfg: ParallelConfig, timeout_minutes: int = 30) -> DistInfo:
             backend=backend, rank=rank, world_size=world_size, timeout=timedelta(minutes=timeout_minutes)
         )
     world_size = dist.get_world_size()
-    if world_size % (cfg.tp * cfg.pp) != 0:
-        raise ConfigError(
-            f"world size {world_size} is not divisible by parallel.tp*parallel.pp={cfg.tp}*{cfg.pp}"
-        )
+    if world_size % (cfg.tp * cfg.pp * cfg.cp) != 0:
+        keys, sizes = ("parallel.tp*parallel.pp*parallel.cp", f"{cfg.tp}*{cfg.pp}*{cfg.cp}") if cfg.cp > 1 else \
+            ("parallel.tp*parallel.pp", f"{cfg.tp}*{cfg.pp}")
+        raise ConfigError(f"world size {world_size} is not divisible by {keys}={sizes}")
     if not mpu.model_parallel_is_initialized():
         mpu.initialize_model_parallel(
-            tensor_model_parallel_size=cfg.tp, pipeline_model_parallel_size=cfg.pp
+            tensor_model_parallel_size=cfg.tp, pipeline_model_parallel_size=cfg.pp,
+            virtual_pipeline_model_parallel_size=cfg.vpp if cfg.vpp > 1 else None,
+            context_parallel_size=cfg.cp,
         )
     set_seed(cfg.seed + 100 * mpu.get_pipeline_model_parallel_rank())
     tensor_parallel.model_parallel_cuda_manual_seed(cfg.seed)

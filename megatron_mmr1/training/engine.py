@@ -199,15 +199,41 @@ def reduce_loss_dicts(outputs: list[dict], device: torch.device) -> dict[str, fl
     return out
 
 
+def min_micro_batches(cfg: RunConfig) -> int:
+    """Fewest micro-batches a step may have: megatron's interleaved schedule (``parallel.vpp`` > 1) needs
+    at least pp of them (plans pad with empty ones, :func:`micro_batches.plan_micro_batches`)."""
+    return cfg.parallel.pp if cfg.parallel.vpp > 1 else 1
+
+
+def set_vp_group_size(chunks: list, num_micro_batches: int) -> None:
+    """megatron's interleaved schedule runs micro-batches through each virtual stage in groups of
+    ``microbatch_group_size_per_vp_stage`` (default pp) and refuses a last group smaller than pp; packed
+    steps vary in count, so a count that pp does not divide runs as one group (same result, less overlap)."""
+    from megatron.core import parallel_state as mpu
+
+    pp = mpu.get_pipeline_model_parallel_world_size()
+    if num_micro_batches < pp:
+        raise ValueError(f"{num_micro_batches} micro-batches for parallel.pp={pp} with parallel.vpp={len(chunks)}: "
+                         f"the interleaved schedule needs at least pp (plan with engine.min_micro_batches)")
+    group = pp if num_micro_batches % pp == 0 else num_micro_batches
+    for c in chunks:
+        unwrap(c).config.microbatch_group_size_per_vp_stage = group
+
+
 def forward_backward(chunks: list, forward_step: Callable, micro_batches: list, forward_only: bool = False) -> list:
-    """All micro-batches through megatron's schedule (1F1B with PP); returns the last stage's loss dicts."""
+    """All micro-batches through megatron's schedule (1F1B with PP; interleaved 1F1B over several chunks,
+    each virtual stage reading every micro-batch from its own iterator); returns the last stage's loss dicts."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     seq = max(int(mb.input_ids.shape[1]) for mb in micro_batches)
     mbs = max(int(mb.input_ids.shape[0]) for mb in micro_batches)
+    data: Any = iter(micro_batches)
+    if len(chunks) > 1:
+        set_vp_group_size(chunks, len(micro_batches))
+        data = [iter(micro_batches) for _ in chunks]
     return get_forward_backward_func()(
         forward_step_func=forward_step,
-        data_iterator=iter(micro_batches),
+        data_iterator=data,
         model=chunks,
         num_microbatches=len(micro_batches),
         seq_length=seq,  # shapes travel with the tensors (variable_seq_lengths)

@@ -23,8 +23,8 @@ import torch
 from megatron_mmr1.algorithms.grpo import fused_loss_kwargs
 from megatron_mmr1.config import RunConfig
 from megatron_mmr1.parallel import DistInfo
-from megatron_mmr1.training.engine import (StepResult, seq_pad_multiple, sum_metric, token_budget, token_logprobs,
-                                           train_step)
+from megatron_mmr1.training.engine import (StepResult, min_micro_batches, seq_pad_multiple, sum_metric, token_budget,
+                                           token_logprobs, train_step)
 from megatron_mmr1.training.experience import RolloutRecord, to_train_sequences
 from megatron_mmr1.training.micro_batches import MicroBatch, build_micro_batch, padding_ratio, plan_micro_batches
 from megatron_mmr1.training.policy import ReferencePolicy, check_rollout_versions, fill_logprobs
@@ -127,7 +127,8 @@ def plan_updates(cfg: RunConfig, records: list[RolloutRecord], dataset: Any, inf
     for start in range(0, len(records), gbs):
         ids = list(range(start, min(len(records), start + gbs)))
         lengths = [len(records[i].prompt_ids) + len(records[i].response_ids) for i in ids]
-        plan = plan_micro_batches(lengths, info.dp, max_tokens=budget, micro_batch_size=cfg.training.micro_batch_size)
+        plan = plan_micro_batches(lengths, info.dp, max_tokens=budget, micro_batch_size=cfg.training.micro_batch_size,
+                              min_count=min_micro_batches(cfg))
         total = sum(lengths)
         real += total
         computed += padding_ratio(plan, lengths, packed=budget is not None) * total

@@ -220,12 +220,14 @@ def _split_to(bins: list[list[int]], lengths: Sequence[int], count: int) -> list
 
 
 def plan_micro_batches(lengths: Sequence[int], dp: int, max_tokens: Optional[int] = None,
-                       micro_batch_size: Optional[int] = None, balance: bool = True) -> list[list[list[int]]]:
+                       micro_batch_size: Optional[int] = None, balance: bool = True,
+                       min_count: int = 1) -> list[list[list[int]]]:
     """Per DP rank, the sequence ids of each micro-batch; every rank gets the same micro-batch count.
 
     ``max_tokens``: token budget per micro-batch (dynamic batching); otherwise ``micro_batch_size``
     sequences per micro-batch. ``balance``: LPT over ranks by tokens; otherwise contiguous slices
-    (rank r takes the r-th 1/dp of the batch, as a plain DP sampler would).
+    (rank r takes the r-th 1/dp of the batch, as a plain DP sampler would). ``min_count``: at least this
+    many micro-batches per rank (bins split, then empty ones; the interleaved PP schedule needs pp).
     """
     n = len(lengths)
     if dp < 1:
@@ -241,7 +243,7 @@ def plan_micro_batches(lengths: Sequence[int], dp: int, max_tokens: Optional[int
         bins = [first_fit_decreasing(ids, lengths, max_tokens) for ids in per_rank]
     else:
         bins = [[ids[i:i + micro_batch_size] for i in range(0, len(ids), micro_batch_size)] for ids in per_rank]
-    count = max(1, max(len(b) for b in bins))
+    count = max(1, min_count, max(len(b) for b in bins))
     return [_split_to(b, lengths, count) for b in bins]
 
 

@@ -15,8 +15,8 @@ import torch
 
 from megatron_mmr1.config import ConfigError, RunConfig
 from megatron_mmr1.parallel import DistInfo
-from megatron_mmr1.training.engine import (forward_backward, make_forward_step, reduce_loss_dicts, seq_pad_multiple,
-                                           sum_metric, token_budget, token_logprobs, train_step)
+from megatron_mmr1.training.engine import (forward_backward, make_forward_step, min_micro_batches, reduce_loss_dicts,
+                                           seq_pad_multiple, sum_metric, token_budget, token_logprobs, train_step)
 from megatron_mmr1.training.micro_batches import (MicroBatch, TrainSequence, build_micro_batch, next_token_targets,
                                                   plan_micro_batches)
 from megatron_mmr1.training.trainer import Trainer
@@ -51,7 +51,8 @@ def build_micro_batches(cfg: RunConfig, dataset: Any, indices: list[int], info: 
     lengths = [int(dataset.lengths[i]) for i in indices]
     budget = token_budget(cfg)
     multiple = seq_pad_multiple(cfg)
-    plan = plan_micro_batches(lengths, info.dp, max_tokens=budget, micro_batch_size=cfg.training.micro_batch_size)
+    plan = plan_micro_batches(lengths, info.dp, max_tokens=budget, micro_batch_size=cfg.training.micro_batch_size,
+                              min_count=min_micro_batches(cfg))
     mine = plan[info.dp_rank]
     wanted = [indices[j] for mb in mine for j in mb]
     fetched = {ex.index: ex for ex in dataset.get_batch(wanted).samples}  # skipped records are absent

@@ -78,22 +78,32 @@ def load_full(ckpt_dirs: list[str]) -> list[dict[str, torch.Tensor]]:
     return out
 
 
-def recompute_losses() -> tuple[float, float, float]:
-    """Loss and grad norm of one global batch without and with full activation recompute (same weights)."""
+RECOMPUTE_CASES = ((None, None), ("full", None), ("selective", None), ("selective", ["mlp"]),
+                   ("selective", ["core_attn", "mlp"]))
+"""(model.recompute, model.recompute_modules); the first is the reference (no recompute). ``layernorm`` is
+refused without Transformer Engine (config.validate)."""
+
+
+def recompute_losses() -> list[tuple[float, float, int]]:
+    """Loss, max |grad - reference grad| and the number of MLP forward calls (a recomputed MLP runs twice) of
+    one global batch under each of RECOMPUTE_CASES (same weights)."""
     from megatron_mmr1 import parallel
     from megatron_mmr1.models.presets import resolve_model_dims
     from megatron_mmr1.training import lm_smoke
 
     out = []
-    for recompute in (None, "full", "selective"):
+    for recompute, modules in RECOMPUTE_CASES:
         cfg = _cfg(1, 1, 1)
-        cfg.model.recompute = recompute
+        cfg.model.recompute, cfg.model.recompute_modules = recompute, modules
         info = parallel.initialize(cfg.parallel)
         model = lm_smoke.build_model(cfg)  # same seed -> same weights
         batches = lm_smoke.synthetic_batches(7, NUM_MICRO, MICRO_BATCH, SEQ, resolve_model_dims(cfg.model)["vocab_size"], info.device)
+        calls = [0]
+        for layer in model.module.decoder.layers:
+            layer.mlp.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
         model.zero_grad_buffer()
         loss = lm_smoke.forward_backward(model, batches)
         grad = torch.cat([p.main_grad.flatten() for p in model.module.parameters()])
-        out.append((loss, grad))
+        out.append((loss, grad, calls[0]))
         parallel.destroy()
-    return [(l, float((g - out[0][1]).abs().max())) for l, g in out]
+    return [(l, float((g - out[0][1]).abs().max()), n) for l, g, n in out]

@@ -65,12 +65,16 @@ def test_disable_restores_torch():
 
 
 def test_activation_recompute_runs_on_cpu_and_changes_nothing():
-    """Recompute re-runs forward inside autograd (outside the torch-function mode): still CPU, same numbers."""
+    """Recompute re-runs forward inside autograd (outside the torch-function mode): still CPU, same numbers.
+    Reference: the same batch without recompute. The MLP call counts prove the recompute ran: full recompute
+    and recompute_modules=[mlp] run every layer's MLP twice, megatron's default selective ([core_attn]) once."""
     from tests.dist_utils import spawn
-    from tests.parallel.equivalence_workers import recompute_losses
+    from tests.parallel.equivalence_workers import RECOMPUTE_CASES, recompute_losses
 
     (results,) = spawn(recompute_losses, 1)
-    (loss_ref, _), *others = results
-    for loss, grad_diff in others:
+    (loss_ref, _, calls_ref), *others = results
+    for (recompute, modules), (loss, grad_diff, calls) in zip(RECOMPUTE_CASES[1:], others):
         assert loss == pytest.approx(loss_ref, rel=1e-6)
         assert grad_diff <= 1e-6
+        twice = recompute == "full" or "mlp" in (modules or [])
+        assert calls == (2 * calls_ref if twice else calls_ref), (recompute, modules, calls, calls_ref)

@@ -64,8 +64,8 @@ def grpo_update(overrides: list[str], export_dir: str) -> dict:
     info = parallel.initialize(cfg.parallel)
     trainer = GRPOTrainer(cfg, info, with_rollout=False)  # the reference: the initial weights
     with torch.no_grad():  # a policy that differs from the reference (so the KL term has a gradient),
-        for p in trainer.chunks[0].parameters():  # elementwise in the value: the same under any TP/PP sharding
-            p.add_(0.01 * torch.sin(1000.0 * p))
+        for p in (p for c in trainer.chunks for p in c.parameters()):  # elementwise in the value: the same
+            p.add_(0.01 * torch.sin(1000.0 * p))  # under any TP/PP/VPP sharding
     metrics = trainer.update_policy(fixed_records(cfg, trainer.dataset))
     export_hf(cfg, trainer.chunks, export_dir)
     return metrics
