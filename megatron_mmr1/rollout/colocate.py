@@ -137,6 +137,21 @@ def full_model_tensors(stage_named: Callable[[], NamedTensors], pp_rank: int, pp
             yield from bucket
 
 
+def check_on_this_node(urls: Sequence[str], node: int) -> None:
+    """A node's servers must run on the node that feeds them (its handles open nowhere else): a url whose host
+    is not one of this machine's addresses means rollout.server_urls is not listed node by node."""
+    from urllib.parse import urlsplit
+
+    from megatron_mmr1.rollout.servers import is_local_address
+
+    for url in urls:
+        host = urlsplit(url).hostname or ""
+        if not is_local_address(host):
+            raise LayoutError(f"rollout.server_urls: {url} is fed by node {node}'s trainer ranks but is not on this host; "
+                              "list the servers node by node, in the trainer's node order (a CUDA-IPC handle opens "
+                              "only on its own node)")
+
+
 class ColocatedSync:
     """Every trainer rank builds one (collective: one gloo group per node). Ranks of a node group get a
     ``TensorWeightSender`` for the node's servers; its group rank 0 posts, the others hand their handles over."""
@@ -150,6 +165,7 @@ class ColocatedSync:
                 self.group, self.node = group, node
         self.sender = None
         if self.node is not None:
+            check_on_this_node([urls[s.url_index] for s in self.node.servers], self.node.node)
             self.sender = make_sender([urls[s.url_index] for s in self.node.servers], self.node.feeds())
 
     @property

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_mmr1.rollout.colocate import LayoutError, colocated_plan, standin_plan
+from megatron_mmr1.rollout.colocate import LayoutError, check_on_this_node, colocated_plan, standin_plan
 
 
 def test_two_nodes_of_eight_one_tp8_server_each():
@@ -61,3 +61,11 @@ def test_layouts_that_cannot_work_are_one_line(args, needle):
     with pytest.raises(LayoutError, match=needle) as e:
         colocated_plan(*args)
     assert "\n" not in str(e.value)
+
+
+def test_a_server_listed_under_another_node_is_refused():
+    """Node n's sender can only feed servers on its own host (its CUDA-IPC handles open nowhere else)."""
+    check_on_this_node(["http://127.0.0.1:30010", "http://localhost:30011"], 0)
+    with pytest.raises(LayoutError, match=r"^rollout.server_urls: http://192.0.2.7:30010 is fed by node 1's trainer "
+                                          r"ranks but is not on this host"):
+        check_on_this_node(["http://127.0.0.1:30010", "http://192.0.2.7:30010"], 1)  # TEST-NET-1: never local
