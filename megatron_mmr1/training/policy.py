@@ -8,7 +8,8 @@ back, so it costs no GPU memory while idle (``tools/model_memory.py`` shows the 
 Weight sync is collective: every TP rank of a stage gathers (``iter_hf_state``), one source rank per
 PP stage (DP 0, TP 0) sends. With PP > 1 each stage's source has its own update group and the stages
 send one after the other between one pause / resume of generation (concurrent group set-up across
-stages deadlocks SGLang engines: slime#2331).
+stages deadlocks SGLang engines: slime#2331). Colocated, every rank gets every stage's tensors and each
+node's servers are fed by that node's ranks (``megatron_mmr1.rollout.colocate``).
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class RolloutWeightSync:
         return self.is_source and self.pp_rank == 0
 
     def release(self) -> None:
-        """Colocated runs: the servers give their memory back before training (rank 0 drives)."""
+        """Colocated runs: the servers give their memory back before training (each node's sender its own)."""
         if self.colocate and self.posts:  # each node's sender releases its own node's servers
             self.sender.release()
         dist.barrier()
