@@ -1,5 +1,5 @@
 """Colocated weight sync on two "nodes": 4 gloo ranks as 2 nodes x 2 GPUs (LOCAL_WORLD_SIZE=2), trainer TP1
-PP2 DP2 (megatron puts stage 0 on node 0, stage 1 on node 1), one server of TP 2 per node.
+PP2 DP2 (megatron puts stage 0 on node 0, stage 1 on node 1), one server of TP 2 per node, or two of TP 1.
 
 Checks what SGLang 0.5.23 needs from ``update_weights_from_tensor`` (``TpModelWorker``: TP rank r
 deserializes ``serialized_named_tensors[r]``; ``weight_updater._unwrap_tensor(t, tp_rank=r)`` opens value r
@@ -20,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import requests
 import torch
 
@@ -42,9 +43,9 @@ SERVERS = textwrap.dedent("""
             if request.path == "/_log":
                 return web.json_response(log)
             if request.path in ("/health", "/get_server_info"):
-                return web.json_response({"tp_size": 2})
+                return web.json_response({"tp_size": int(sys.argv[1])})
             entry = {"path": request.path}
-            if request.path == "/update_weights_from_tensor":  # what each of the server's 2 TP ranks loads
+            if request.path == "/update_weights_from_tensor":  # what each of the server's TP ranks loads
                 entry["tp_ranks"] = []
                 for r, payload in enumerate(body["serialized_named_tensors"]):
                     named = MultiprocessingSerializer.deserialize(payload)
@@ -59,7 +60,7 @@ SERVERS = textwrap.dedent("""
         return a
 
     async def main():
-        for port in sys.argv[1:]:
+        for port in sys.argv[2:]:
             runner = web.AppRunner(app([]))
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", int(port)).start()
@@ -112,11 +113,12 @@ def stage_tensors(stage: int) -> list[tuple[str, torch.Tensor]]:
     return out + [(f"model.layers.{stage}.self_attn.q_proj.bias", torch.randn(96, generator=g).to(torch.bfloat16))]
 
 
-def test_each_node_server_gets_all_stages_once_from_its_own_nodes_gpus(tmp_path):
+@pytest.mark.parametrize("server_tp,per_node", [(2, 1), (1, 2)], ids=["one-tp2-server-per-node", "two-tp1-servers-per-node"])
+def test_each_node_server_gets_all_stages_once_from_its_own_nodes_gpus(tmp_path, server_tp, per_node):
     env = sglang_env()
-    ports = [free_port(), free_port()]
+    ports = [free_port() for _ in range(2 * per_node)]
     log = open(tmp_path / "servers.log", "w")
-    servers = subprocess.Popen([sys.executable, "-W", "ignore", "-c", SERVERS, *map(str, ports)], env=env,
+    servers = subprocess.Popen([sys.executable, "-W", "ignore", "-c", SERVERS, str(server_tp), *map(str, ports)], env=env,
                                cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT)
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     try:
@@ -138,17 +140,18 @@ def test_each_node_server_gets_all_stages_once_from_its_own_nodes_gpus(tmp_path)
         log.close()
 
     want = {n: [list(t.shape), str(t.dtype), float(t.double().sum())] for s in (0, 1) for n, t in stage_tensors(s)}
-    for node, calls in enumerate(logs):
+    for i, calls in enumerate(logs):  # server i: node i // per_node, GPUs from (i % per_node) * server_tp
+        node, first_gpu = i // per_node, (i % per_node) * server_tp
         paths = [c["path"] for c in calls]
         assert paths[:2] == ["/pause_generation", "/release_memory_occupation"], paths
         assert paths[-2:] == ["/resume_memory_occupation", "/continue_generation"], paths
         updates = [c for c in calls if c["path"] == "/update_weights_from_tensor"]
         assert len(updates) >= 4, paths  # several buckets
-        for r in range(2):
+        for r in range(server_tp):
             got: dict = {}
             for u in updates:
                 part = u["tp_ranks"][r]
-                assert part["origin"] == 2 * node + r, (node, r, part["origin"])  # same node, same local GPU
+                assert part["origin"] == 2 * node + first_gpu + r, (i, r, part["origin"])  # same node, same GPU
                 assert not set(part["tensors"]) & set(got), "a tensor arrived twice"
                 got.update(part["tensors"])
             assert got.keys() == want.keys(), (node, r, sorted(got))
