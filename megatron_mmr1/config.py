@@ -648,8 +648,7 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None, nnodes: Optional[
                f"{samples} responses of a step (rollout_batch_size*rollout.n)")
         _check(cfg.rollout.n >= 1, f"rollout.n={cfg.rollout.n} must be >= 1")
         _check_pipeline_sync(cfg)
-        _check_colocate_nodes(cfg, nnodes)
-        _check_colocate_server_tp(cfg)
+        _check_colocate_layout(cfg, world_size, nnodes)
         _check(not (cfg.rollout.colocate and t.async_rollout),
                "training.async_rollout=true with rollout.colocate=true: colocated servers release their memory "
                "while the trainer runs, so the next step's rollouts would stall; set one of them to false")
@@ -729,13 +728,13 @@ def _check_mcore_features(cfg: RunConfig, world_size: Optional[int]) -> None:
 
 
 def _check_pipeline_sync(cfg: RunConfig) -> None:
-    """With PP > 1 every stage sends its own layers over its own update group: only the distributed
-    sync has one per stage (colocated runs use the CUDA-IPC tensor sync, from one rank)."""
+    """With PP > 1 every stage's layers must reach the servers: the distributed sync has an update group per
+    stage, the colocated sync broadcasts each stage's buckets to the other stages (rollout.colocate); a
+    non-colocated tensor or disk sync has one sender rank, which holds only its own stage."""
     p, r = cfg.parallel, cfg.rollout
-    if p.pp > 1 and (r.colocate or r.weight_sync != "distributed"):
-        used = "rollout.colocate=true (CUDA-IPC tensor sync)" if r.colocate else f"rollout.weight_sync={r.weight_sync}"
-        raise ConfigError(f"parallel.pp={p.pp} with {used}: pipeline stages need rollout.weight_sync=distributed "
-                          "and rollout.colocate=false (or parallel.pp=1)")
+    if p.pp > 1 and not r.colocate and r.weight_sync != "distributed":
+        raise ConfigError(f"parallel.pp={p.pp} with rollout.weight_sync={r.weight_sync}: pipeline stages need "
+                          "rollout.weight_sync=distributed or rollout.colocate=true (or parallel.pp=1)")
 
 
 def _check_mode_inputs(cfg: RunConfig) -> None:
@@ -753,23 +752,29 @@ def _check_mode_inputs(cfg: RunConfig) -> None:
                "stand-in rollout servers load model.hf_path: set it, or rollout.server_urls")
 
 
-def _check_colocate_nodes(cfg: RunConfig, nnodes: Optional[int]) -> None:
-    """Colocated sync sends CUDA-IPC handles from one trainer rank; a handle opens only on its own node, so the
-    servers of other nodes could never load the weights (per-node senders are not written yet)."""
-    if cfg.rollout.colocate and nnodes is not None and nnodes > 1:
-        raise ConfigError(f"rollout.colocate=true on {nnodes} nodes: the CUDA-IPC weight sync is sent from one rank "
-                          "and cannot reach servers on other nodes; use one node, or rollout.colocate=false "
-                          "(rollout.weight_sync=distributed)")
-
-
-def _check_colocate_server_tp(cfg: RunConfig) -> None:
-    """SGLang's TP rank r loads ``serialized_named_tensors[r]``, handles that a trainer rank on rank r's GPU
-    must have made; the per-rank payload (weight_sync.gather_tp_payload) is built but not proven on GPUs yet."""
+def _check_colocate_layout(cfg: RunConfig, world_size: Optional[int], nnodes: Optional[int]) -> None:
+    """Colocated sync: each node's servers get CUDA-IPC handles from that node's trainer ranks, server TP rank r
+    from the rank on its GPU (rollout.colocate.colocated_plan; with the world size known: the full layout).
+    The stand-ins (rollout.backend=local) are fed by rank 0 through its own node's shared memory."""
     r = cfg.rollout
-    if r.colocate and r.server_tp is not None and r.server_tp > 1:
-        raise ConfigError(f"rollout.colocate=true with rollout.server_tp={r.server_tp}: colocated weight sync "
-                          "supports server TP 1 only until the per-rank CUDA-IPC payload is proven on GPUs; "
-                          "use rollout.server_tp=1 or rollout.colocate=false")
+    if not r.colocate or nnodes is None:
+        return
+    if r.backend == "local":
+        _check(nnodes == 1, f"rollout.colocate=true with rollout.backend=local on {nnodes} nodes: rank 0 feeds the "
+               "CPU stand-ins through its own node's shared memory; use one node or rollout.backend=sglang")
+        return
+    from megatron_mmr1.rollout.colocate import LayoutError, check_servers_per_node, colocated_plan
+
+    servers, tp = len(r.server_urls) or r.num_servers, r.server_tp or 1
+    try:
+        if world_size is None:  # the launcher, before the trainer starts: GPUs per node not known yet
+            check_servers_per_node(servers, nnodes)
+        else:
+            _check(world_size % nnodes == 0, f"world size {world_size} is not the same number of ranks on each of "
+                   f"{nnodes} nodes (rollout.colocate=true)")
+            colocated_plan(world_size, world_size // nnodes, servers, tp)
+    except LayoutError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_sglang_seed(cfg: RunConfig) -> None:

@@ -203,36 +203,53 @@ def test_min_lr_above_lr_names_both_keys():
 
 
 @pytest.mark.parametrize("overrides,needle", [
-    (["rollout.colocate=true"], "parallel.pp=2 with rollout.colocate=true (CUDA-IPC tensor sync)"),
     (["rollout.weight_sync=tensor"], "parallel.pp=2 with rollout.weight_sync=tensor"),
     (["rollout.weight_sync=disk"], "parallel.pp=2 with rollout.weight_sync=disk"),
 ])
-def test_pipeline_stages_need_the_distributed_sync(overrides, needle):
-    """Refused at load, not after the model is built: each stage sends its own layers over its own group."""
-    with pytest.raises(ConfigError, match="pipeline stages need rollout.weight_sync=distributed") as e:
+def test_pipeline_stages_need_the_distributed_or_colocated_sync(overrides, needle):
+    """Refused at load, not after the model is built: a tensor / disk sender holds only its own stage's layers."""
+    with pytest.raises(ConfigError, match="pipeline stages need rollout.weight_sync=distributed or rollout.colocate") as e:
         load_config(None, ["parallel.pp=2", *overrides])
     assert needle in str(e.value)
     assert load_config(None, ["parallel.pp=2", "rollout.weight_sync=distributed"]).parallel.pp == 2
     assert load_config(None, ["parallel.pp=1", *overrides]).parallel.pp == 1
 
 
-def test_colocate_across_nodes_is_refused_with_the_key():
-    """Colocated CUDA-IPC sync comes from one trainer rank; its handles cannot be opened on another node."""
-    base = ["training.mode=grpo", "rollout.colocate=true", "rollout.backend=sglang"]
-    load_config(None, base, nnodes=1)
-    with pytest.raises(ConfigError, match=r"^rollout.colocate=true on 2 nodes"):
-        load_config(None, base, nnodes=2)
-    load_config(None, base[:1] + ["rollout.colocate=false"], nnodes=2)
+def test_colocate_with_pipeline_stages_is_accepted():
+    """Colocated sync broadcasts every stage's buckets to the other stages (rollout.colocate.full_model_tensors,
+    tests/rollout/test_colocate_nodes.py)."""
+    for sync in ("distributed", "tensor"):
+        cfg = load_config(None, ["training.mode=grpo", "parallel.pp=2", "rollout.colocate=true", f"rollout.weight_sync={sync}"])
+        assert cfg.parallel.pp == 2
 
 
-def test_colocate_with_server_tp_above_1_is_refused_with_the_keys():
-    """SGLang's TP rank r opens serialized_named_tensors[r]: the per-rank payload is not proven on GPUs yet."""
+def test_colocate_across_nodes_and_with_server_tp():
+    """Each node's servers are fed by that node's trainer ranks, server TP rank r by the rank on its GPU
+    (rollout.colocate.colocated_plan): 72B on 2 x 8 GPUs with servers of TP 8 is accepted."""
     base = ["training.mode=grpo", "rollout.colocate=true", "rollout.backend=sglang"]
-    load_config(None, [*base, "rollout.server_tp=1"])
-    with pytest.raises(ConfigError, match=r"^rollout.colocate=true with rollout.server_tp=2: .*rollout.server_tp=1 "
-                                          r"or rollout.colocate=false"):
-        load_config(None, [*base, "rollout.server_tp=2"])
-    load_config(None, [*base[:1], "rollout.colocate=false", "rollout.server_tp=2"])
+    two_tp8 = [*base, "rollout.server_urls=[http://a:1,http://b:1]", "rollout.server_tp=8"]
+    load_config(None, two_tp8, world_size=16, nnodes=2)
+    load_config(None, two_tp8, nnodes=2)  # the launcher: GPUs per node not known yet
+    load_config(None, [*base, "rollout.num_servers=4", "rollout.server_tp=4", "parallel.tp=4", "parallel.pp=2",
+                         "model.preset=qwen2.5-vl-7b"],
+                world_size=16, nnodes=2)
+    load_config(None, [*base, "rollout.num_servers=8", "rollout.server_tp=1"], world_size=8, nnodes=1)
+
+
+@pytest.mark.parametrize("overrides,kw,needle", [
+    (["rollout.num_servers=1", "rollout.server_tp=16"], dict(world_size=16, nnodes=2),
+     r"^rollout.server_tp=16 is larger than a node's 8 GPUs: a colocated server would span nodes"),
+    (["rollout.num_servers=4", "rollout.server_tp=3"], dict(world_size=16, nnodes=2),
+     r"^rollout.server_tp=3 does not divide a node's 8 GPUs"),
+    (["rollout.num_servers=3", "rollout.server_tp=2"], dict(nnodes=2),
+     r"^rollout.num_servers=3 .*the same number on each of the 2 nodes"),
+    (["rollout.backend=local"], dict(nnodes=2), r"^rollout.colocate=true with rollout.backend=local on 2 nodes"),
+])
+def test_colocated_layouts_that_cannot_work_are_refused_with_the_key(overrides, kw, needle):
+    base = ["training.mode=grpo", "rollout.colocate=true", "rollout.backend=sglang"]
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, [*base, *overrides], **kw)
+    load_config(None, [*base[:1], "rollout.colocate=false", *overrides], **kw)
 
 
 def test_colocate_with_async_rollout_is_refused():

@@ -20,9 +20,9 @@ and renames to Hugging Face checkpoint names; only the sender rank (DP=0, TP=0, 
   names the GPU by UUID, so a server with its own ``CUDA_VISIBLE_DEVICES`` opens the right one) and
   wrapped in ``LocalSerializedTensor`` per TP rank; on CPU as shared memory, which the stand-in
   server reads the same way. An engine of TP > 1 needs handles from the trainer rank on each of its
-  GPUs: ``update(..., group=)`` gathers every rank's own (``gather_tp_payload``, SGLang's
-  ``weight_sync.utils.update_weights``); config validation refuses colocated TP > 1 servers until a
-  GPU has run it.
+  GPUs: ``update(..., group=)`` gathers every rank's own (``gather_engine_payloads``, SGLang's
+  ``weight_sync.utils.update_weights``). On many nodes each node's servers get their handles from that
+  node's trainer ranks (``megatron_mmr1.rollout.colocate``: one sender and one gather group per node).
 
 With ``pause_mode="in_place"`` requests stay inside the server, where ``/flush_cache`` answers 400:
 the senders then skip the flush (``flush_cache=False``), as SGLang's own in-place path does.
@@ -561,19 +561,51 @@ def tp_payload(per_rank: Sequence[list[tuple[str, str]]]) -> list[str]:
     return [_dumps(named)] * len(per_rank)
 
 
-def gather_tp_payload(named: list[tuple[str, torch.Tensor]], group: dist.ProcessGroup) -> Optional[list[str]]:
-    """Collective over ``group`` (the trainer ranks on one engine's GPUs, group rank r on TP rank r's GPU):
-    each rank serializes its own tensors, group rank 0 gets the engine's ``serialized_named_tensors``
-    (None elsewhere). The tensors must stay alive until the engine has loaded them."""
-    mine = serialize_rank_tensors(named)
+def rank_payload(named: list[tuple[str, torch.Tensor]]) -> Any:
+    """This rank's handles for one server TP rank on its GPU: per tensor one serialized value (SGLang's
+    ``LocalSerializedTensor`` values) when SGLang is installed; without it (the CPU stand-in) one whole
+    entry, which only an engine of TP 1 can read."""
+    if _sglang_tensor_types() is None:
+        return serialize_named_tensors(named)[0]
+    return serialize_rank_tensors(named)
+
+
+def engine_payload(per_rank: Sequence[Any]) -> list[str]:
+    """``serialized_named_tensors`` for one engine from its TP ranks' :func:`rank_payload` (TP rank order)."""
+    if any(isinstance(p, str) for p in per_rank):
+        if len(per_rank) == 1:
+            return [per_rank[0]]
+        raise WeightSyncError(f"an engine of TP {len(per_rank)} reads SGLang's LocalSerializedTensor: install "
+                              f"sglang=={P.SGLANG_VERSION_CHECKED} (the gpu extra) in the trainer")
+    return tp_payload(per_rank)
+
+
+def gather_engine_payloads(named: list[tuple[str, torch.Tensor]], group: dist.ProcessGroup,
+                           feeds: Sequence[Sequence[int]]) -> Optional[list[list[str]]]:
+    """Collective over ``group`` (the trainer ranks on some engines' GPUs). ``feeds[i][r]``: the group rank on
+    engine i's TP rank r's GPU. Each rank serializes its own tensors once per engine TP rank it feeds; group
+    rank 0 gets every engine's ``serialized_named_tensors`` (None elsewhere). The tensors must stay alive
+    until the engines have loaded them."""
     rank, size = dist.get_rank(group), dist.get_world_size(group)
+    mine = {(i, r): rank_payload(named) for i, ranks in enumerate(feeds) for r, g in enumerate(ranks) if g == rank}
     gathered: Optional[list] = [None] * size if rank == 0 else None
     dist.gather_object(mine, gathered, group=group, group_dst=0)
-    return tp_payload(gathered) if gathered is not None else None
+    if gathered is None:
+        return None
+    merged = {k: v for part in gathered for k, v in part.items()}
+    return [engine_payload([merged[(i, r)] for r in range(len(ranks))]) for i, ranks in enumerate(feeds)]
+
+
+def gather_tp_payload(named: list[tuple[str, torch.Tensor]], group: dist.ProcessGroup) -> Optional[list[str]]:
+    """One engine of TP = group size, group rank r on TP rank r's GPU: its ``serialized_named_tensors`` on
+    group rank 0 (None elsewhere); :func:`gather_engine_payloads` for one engine."""
+    out = gather_engine_payloads(named, group, [tuple(range(dist.get_world_size(group)))])
+    return out[0] if out is not None else None
 
 
 class TensorWeightSender:
-    """Colocated mode: servers and trainer share the devices of one node.
+    """Colocated mode: servers and trainer share the devices of a node (many nodes: one sender per node,
+    megatron_mmr1.rollout.colocate).
 
         sender.release()                      # before training: servers give their GPU memory back
         ...train...
@@ -581,10 +613,14 @@ class TensorWeightSender:
     """
 
     def __init__(self, urls: Sequence[str], bucket_mb: int = 512, timeout_s: float = 600.0,
-                 engine_tp_size: int = 1, pause_mode: str = "abort"):
+                 engine_tp_size: int = 1, pause_mode: str = "abort",
+                 feeds: Optional[Sequence[Sequence[int]]] = None):
         self.calls = _ServerCalls(urls, timeout_s)
         self.bucket_bytes = int(bucket_mb) << 20
         self.engine_tp_size = engine_tp_size
+        self.feeds = [tuple(f) for f in feeds] if feeds is not None else None
+        """With ``update(..., group=)``: per url, the group rank on each of its TP ranks' GPUs
+        (:func:`gather_engine_payloads`); None: every url is one engine of ``engine_tp_size`` over the group."""
         self.pause_mode = pause_mode
         self.version = 0
         self.released: Optional[set[str]] = None
@@ -616,12 +652,13 @@ class TensorWeightSender:
         ``before_kv`` runs after the weights are in and before the KV cache comes back (the trainer
         offloads its own state there). Without a preceding release() only the update runs.
 
-        ``group``: an engine of TP > 1 (``engine_tp_size``); every trainer rank on its GPUs calls
-        ``update`` with its own full tensors (group rank r on TP rank r's GPU), group rank 0 (whose
-        ``urls`` name the engine) posts the gathered per-rank payload (:func:`gather_tp_payload`).
+        ``group``: the trainer ranks on the servers' GPUs (``feeds``; without it one engine of
+        ``engine_tp_size``, group rank r on TP rank r's GPU); every one calls ``update`` with its own full
+        tensors, group rank 0 (whose ``urls`` name the servers) posts each server its gathered payload
+        (:func:`gather_engine_payloads`).
         """
         if group is not None:
-            if dist.get_world_size(group) != self.engine_tp_size:
+            if self.feeds is None and dist.get_world_size(group) != self.engine_tp_size:
                 raise WeightSyncError(f"engine TP {self.engine_tp_size} needs a group of as many trainer ranks, "
                                       f"got {dist.get_world_size(group)}")
             if dist.get_rank(group) != 0:
@@ -641,12 +678,16 @@ class TensorWeightSender:
             for bucket in bucket_named_tensors(named, self.bucket_bytes):
                 keep = [(n, t.detach().contiguous()) for n, t in bucket]  # alive until the server has read them
                 if group is not None:
-                    payload = gather_tp_payload(keep, group)
                     error: Optional[str] = None
                     try:
-                        self.calls.all("/update_weights_from_tensor", P.to_json(P.UpdateWeightsFromTensorReqInput(
-                            serialized_named_tensors=payload, flush_cache=flushes(self.pause_mode),
-                            weight_version=version)))
+                        payloads = gather_engine_payloads(keep, group, self._feeds(group))
+                        assert payloads is not None  # group rank 0
+                        futures = [self.calls.pool.submit(
+                            self.calls.call, url, "/update_weights_from_tensor", P.to_json(P.UpdateWeightsFromTensorReqInput(
+                                serialized_named_tensors=payload, flush_cache=flushes(self.pause_mode),
+                                weight_version=version))) for url, payload in zip(self.calls.urls, payloads)]
+                        for f in futures:
+                            f.result()
                     except BaseException as e:
                         error = f"{type(e).__name__}: {e}"
                         raise
@@ -676,7 +717,7 @@ class TensorWeightSender:
         stats, t0 = SyncStats(), time.perf_counter()
         for bucket in bucket_named_tensors(named, self.bucket_bytes):
             keep = [(n, t.detach().contiguous()) for n, t in bucket]
-            gather_tp_payload(keep, group)
+            gather_engine_payloads(keep, group, self._feeds(group))
             result: list = [None]
             dist.broadcast_object_list(result, group=group, group_src=0)
             if result[0] is not None:
@@ -686,6 +727,11 @@ class TensorWeightSender:
             stats.bytes += sum(t.numel() * t.element_size() for _, t in keep)
         stats.seconds = time.perf_counter() - t0
         return stats
+
+    def _feeds(self, group: dist.ProcessGroup) -> list[tuple[int, ...]]:
+        if self.feeds is not None:
+            return self.feeds
+        return [tuple(range(dist.get_world_size(group)))] * len(self.calls.urls)
 
     def close(self) -> None:
         self.calls.close()

@@ -8,7 +8,8 @@ back, so it costs no GPU memory while idle (``tools/model_memory.py`` shows the 
 Weight sync is collective: every TP rank of a stage gathers (``iter_hf_state``), one source rank per
 PP stage (DP 0, TP 0) sends. With PP > 1 each stage's source has its own update group and the stages
 send one after the other between one pause / resume of generation (concurrent group set-up across
-stages deadlocks SGLang engines: slime#2331).
+stages deadlocks SGLang engines: slime#2331). Colocated, every rank gets every stage's tensors and each
+node's servers are fed by that node's ranks (``megatron_mmr1.rollout.colocate``).
 """
 
 from __future__ import annotations
@@ -109,10 +110,18 @@ class RolloutWeightSync:
 
         self.pp = mpu.get_pipeline_model_parallel_world_size()
         self.pp_rank = mpu.get_pipeline_model_parallel_rank()
+        self.pp_group = mpu.get_pipeline_model_parallel_group() if self.pp > 1 else None
         self.is_source = mpu.get_tensor_model_parallel_rank() == 0 and mpu.get_data_parallel_rank() == 0
         self.colocate = cfg.rollout.colocate
+        self.bucket_bytes = cfg.rollout.weight_sync_bucket_mb << 20
         self.sender = None
-        if self.is_source:
+        self.group: Optional[dist.ProcessGroup] = None
+        """Colocated: this node's gather group (the ranks on its servers' GPUs); None off those GPUs."""
+        self.posts = False
+        if self.colocate:  # collective: every rank creates every node's group
+            colocated = colocated_sync(cfg, urls)
+            self.sender, self.group, self.posts = colocated.sender, colocated.group, colocated.posts
+        elif self.is_source:
             self.sender = make_weight_sender(cfg.rollout, urls, work_dir=work_dir)
             if self.pp > 1:
                 self.sender.group_name = f"mmr1_pp{self.pp_rank}"
@@ -124,8 +133,8 @@ class RolloutWeightSync:
         return self.is_source and self.pp_rank == 0
 
     def release(self) -> None:
-        """Colocated runs: the servers give their memory back before training (rank 0 drives)."""
-        if self.colocate and self.leader:
+        """Colocated runs: the servers give their memory back before training (each node's sender its own)."""
+        if self.colocate and self.posts:  # each node's sender releases its own node's servers
             self.sender.release()
         dist.barrier()
 
@@ -139,6 +148,10 @@ class RolloutWeightSync:
         if self.colocate:  # before any rank's servers resume: the cached activations would stay reserved
             torch.cuda.empty_cache()
             dist.barrier()
+            nbytes = self._sync_colocated(chunks, version)
+            dist.barrier()
+            self.last_seconds, self.last_bytes = time.perf_counter() - t0, nbytes
+            return
         if self.pp > 1 and self.leader:
             self.sender.begin()
         dist.barrier()
@@ -160,9 +173,67 @@ class RolloutWeightSync:
         dist.barrier()
         self.last_seconds, self.last_bytes = time.perf_counter() - t0, nbytes
 
+    def _sync_colocated(self, chunks: list, version: str) -> int:
+        """Every rank holds every stage's full tensors (PP broadcast); the ranks on server GPUs hand their
+        own handles to their node's sender, which posts to that node's servers (rollout.colocate)."""
+        from megatron_mmr1.models import hf_adapter
+        from megatron_mmr1.rollout.colocate import full_model_tensors
+
+        params = [p for c in chunks for p in unwrap(c).parameters()][:1]
+        device = params[0].device if params else torch.device("cpu")
+        named = full_model_tensors(lambda: hf_adapter.iter_hf_state(chunks), self.pp_rank, self.pp, self.pp_group,
+                                   device, self.bucket_bytes)
+        if self.sender is None:  # no server on this rank's GPU: only the TP gathers and PP broadcasts
+            for _ in named:
+                pass
+            return 0
+        stats = self.sender.update(named, weight_version=version, group=self.group)
+        return getattr(stats, "bytes", 0) if self.posts else 0
+
     def close(self) -> None:
         if self.sender is not None:
             self.sender.close()
+
+
+def colocated_sync(cfg: RunConfig, urls: Sequence[str]) -> Any:
+    """This rank's part of the colocated sync (collective): SGLang servers as ``tools/launch_sglang.py`` places
+    them on every node (``rollout.colocate.colocated_plan``), or the stand-ins rank 0 started (all fed by it)."""
+    import os
+
+    from megatron_mmr1.rollout.colocate import ColocatedSync, colocated_plan, standin_plan
+    from megatron_mmr1.rollout.weight_sync import TensorWeightSender
+
+    r, world = cfg.rollout, dist.get_world_size()
+    if r.backend == "local":
+        plan = standin_plan(len(urls))
+    else:
+        tp: list = [r.server_tp]
+        if tp[0] is None:  # rank 0 asks the servers; every rank raises what it met
+            if dist.get_rank() == 0:
+                try:
+                    tp[0] = _servers_tp(urls)
+                except Exception as e:
+                    tp[0] = f"{type(e).__name__}: {e}"
+            dist.broadcast_object_list(tp, src=0)
+            if isinstance(tp[0], str):
+                raise ValueError(f"colocated weight sync: rollout.server_tp unset and the servers' tp_size unknown: {tp[0]}")
+        plan = colocated_plan(world, int(os.environ.get("LOCAL_WORLD_SIZE", world)), len(urls), tp[0])
+
+    def make_sender(node_urls: list[str], feeds: list) -> TensorWeightSender:
+        return TensorWeightSender(node_urls, bucket_mb=r.weight_sync_bucket_mb, timeout_s=r.weight_sync_timeout_s,
+                                  pause_mode=r.pause_mode, feeds=feeds)
+
+    return ColocatedSync(plan, urls, make_sender, dist.get_rank())
+
+
+def _servers_tp(urls: Sequence[str]) -> int:
+    """rollout.server_tp unset: the servers' own ``tp_size`` (SGLang's /get_server_info); all must agree."""
+    import requests
+
+    sizes = {int(requests.get(u.rstrip("/") + "/get_server_info", timeout=60).json().get("tp_size", 1)) for u in urls}
+    if len(sizes) != 1:
+        raise ValueError(f"colocated servers report different tp_size {sorted(sizes)}: set rollout.server_tp")
+    return sizes.pop()
 
 
 def check_rollout_versions(records: Sequence[Any], version: Optional[str]) -> None:

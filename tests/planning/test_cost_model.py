@@ -149,7 +149,7 @@ def test_recompute_mlp_trades_activations_for_mlp_flops(m7, w7):
 def test_72b_fits_2_nodes_colocated_with_offload():
     plan = pc.search(_cfg(preset="qwen2.5-vl-72b"), 2, H100, A, colocate=True)
     assert plan.fits and plan.colocated
-    assert (plan.trainer.tp, plan.trainer.pp, plan.trainer.dp) == (8, 1, 2)
+    assert plan.trainer.tp * plan.trainer.pp * plan.trainer.dp == 16 and plan.trainer.tp <= 8
     assert plan.trainer.options.offload_trainer and plan.trainer.options.cpu_offload
     assert plan.peak_per_gpu <= H100.memory_gib * GIB
     assert plan.times["trainer_offload"] > 0 and plan.times["host_adam"] > 0

@@ -99,15 +99,23 @@ def test_servers_get_the_configs_pixel_limits_and_admission_limit(hf_7b, tmp_pat
     assert "data.max_pixels=401408" in torchrun and "rollout.max_running_requests=64" in torchrun
 
 
-def test_colocated_servers_of_tp2_are_refused_before_anything_starts(hf_7b, tmp_path):
-    """The launcher validates with the plan's server TP: a colocated config with server_tp=2 stops at once."""
+def test_colocated_servers_of_tp2_start_and_a_tp_that_splits_a_node_is_refused(hf_7b, tmp_path):
+    """The launcher validates with the plan's server TP: colocated servers of TP 2 (fed per node, each TP rank by
+    the trainer rank on its GPU) start; a server TP that does not divide the node's GPUs stops at once."""
     text = (CONFIGS / "mmr1_grpo_7b_colocate.yaml").read_text()
     config = tmp_path / "tp2.yaml"
     config.write_text(text.replace("# cluster: nodes=1 server_tp=1", "# cluster: nodes=1 server_tp=2")
                       .replace("  num_servers: 8\n", "  num_servers: 4\n"))
     proc = run_node(config, hf_7b, {"RUN_DIR": str(tmp_path)})
-    assert proc.returncode == 1 and "rollout.colocate=true with rollout.server_tp=2" in proc.stderr, proc.stderr
-    assert "tools/launch_sglang.py" not in proc.stdout
+    assert proc.returncode == 0, proc.stderr
+    sglang, torchrun = commands(proc.stdout)
+    assert flag(sglang, "--tp") == "2" and "rollout.server_tp=2" in torchrun
+
+    config.write_text(text.replace("# cluster: nodes=1 server_tp=1", "# cluster: nodes=1 server_tp=3")
+                      .replace("  num_servers: 8\n", "  num_servers: 2\n"))
+    proc = run_node(config, hf_7b, {"RUN_DIR": str(tmp_path)})
+    assert proc.returncode == 1 and "server_tp=3" in proc.stderr, proc.stderr
+    assert "launch" not in proc.stdout
 
 
 def test_wrong_node_count_is_refused(hf_7b, tmp_path):

@@ -105,11 +105,10 @@ def test_72b_colocated_config_prints_through_the_train_cli():
     assert "offload_trainer: true" in out.stdout and "cpu_offload: true" in out.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="colocated multi-node sync lands with the per-node senders")
 def test_72b_colocated_config_validates_on_its_2_nodes():
     path = ROOT / "examples" / "configs" / "mmr1_grpo_72b_colocate.yaml"
     cfg = load_config(path, ["data.train_files=[x]", "rollout.server_tp=8"], world_size=16, nnodes=2)
-    assert cfg.rollout.colocate and cfg.parallel.tp == 8
+    assert cfg.rollout.colocate and cfg.parallel.tp * cfg.parallel.pp == 16
 
 
 @pytest.mark.parametrize("line,needle", [
