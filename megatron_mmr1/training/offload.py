@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -100,6 +100,11 @@ class TrainerOffload:
         self._host: dict[int, torch.Tensor] = {}  # host buffers by storage, reused (pinning is slow)
         self.last_bytes = {"copied": 0, "dropped": 0}
         self.last_seconds = {"offload": 0.0, "reload": 0.0}
+
+    @property
+    def before_kv(self) -> Optional[Callable[[], None]]:
+        """What the weight sync runs before the servers' KV cache comes back: :meth:`offload`, or None when off."""
+        return self.offload if self.enabled else None
 
     def _time(self, name: str):
         return self.timer(name) if self.timer is not None else nullcontext()

@@ -14,7 +14,7 @@ stages deadlocks SGLang engines: slime#2331).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -129,12 +129,21 @@ class RolloutWeightSync:
             self.sender.release()
         dist.barrier()
 
-    def sync(self, chunks: list, version: str) -> None:
-        """Collective: push the current weights; the servers report ``version`` with later rollouts."""
+    def sync(self, chunks: list, version: str, before_kv: Optional[Callable[[], None]] = None) -> None:
+        """Collective: push the current weights; the servers report ``version`` with later rollouts.
+        ``before_kv`` (colocated): every rank runs it once the servers hold the new weights and before their
+        KV cache comes back (the trainer offloads its state there: verl's order)."""
         import time
 
         from megatron_mmr1.models.hf_adapter import iter_hf_state
 
+        kv_hook = None
+        if before_kv is not None and self.pp > 1:
+            raise ValueError("before_kv needs one pipeline stage (colocated runs have one)")
+        if before_kv is not None:  # the leader runs it inside its update; the others after their part
+            def kv_hook() -> None:
+                before_kv()
+                dist.barrier()  # no server resumes its KV cache before every rank has run it
         t0, nbytes = time.perf_counter(), 0
         if self.colocate:  # before any rank's servers resume: the cached activations would stay reserved
             torch.cuda.empty_cache()
@@ -148,12 +157,16 @@ class RolloutWeightSync:
                 if self.sender is not None:
                     if self.pp > 1:  # generation paused once around all stages (begin / finish)
                         stats = self.sender.update(named, weight_version=version, manage_generation=False)
+                    elif kv_hook is not None:
+                        stats = self.sender.update(named, weight_version=version, before_kv=kv_hook)
                     else:
                         stats = self.sender.update(named, weight_version=version)
                     nbytes += getattr(stats, "bytes", 0)
                 else:
                     for _ in named:
                         pass
+                    if kv_hook is not None:
+                        kv_hook()
             dist.barrier()
         if self.pp > 1 and self.leader:
             self.sender.finish()
