@@ -115,3 +115,15 @@ def two_steps(overrides: list[str], param_buffer: bool = False) -> dict:
     result = step(1)
     return {"loss": result.loss, "grad_norm": result.grad_norm,
             "params": {n: p.detach().clone() for n, p in chunks[0].named_parameters()}}
+
+
+def optimizer_steps(overrides: list[str]) -> dict:
+    """Two SFT steps (CUDA): losses, the params after, and the devices the Adam state lives on."""
+    from megatron_mmr1.training.offload import optimizer_parts
+
+    chunks, optimizer, step = _setup(overrides)
+    losses = [step(i).loss for i in range(2)]
+    devices = sorted({v.device.type for part in optimizer_parts(optimizer) for s in part.optimizer.state.values()
+                      for k, v in s.items() if torch.is_tensor(v) and k.startswith("exp_avg")})
+    return {"losses": losses, "state_devices": devices,
+            "params": {n: p.detach().float().cpu() for n, p in chunks[0].named_parameters()}}

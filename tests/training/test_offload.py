@@ -89,3 +89,84 @@ def test_mixed_precision_optimizer_main_params_and_state_move_too():
     off.reload()
     assert all(torch.equal(a, b) for a, b in zip(before, tensors))
     assert all(bool((g == 0).all()) for g in grads)
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["rollout.offload_trainer=true"], "rollout.offload_trainer=true needs rollout.colocate=true"),
+    (["optim.offload_fraction=1.5"], r"optim.offload_fraction=1.5 must be in \[0, 1\]"),
+    (["optim.offload_fraction=-0.1"], r"optim.offload_fraction=-0.1 must be in \[0, 1\]"),
+    (["optim.cpu_offload=true", "parallel.use_distributed_optimizer=false"],
+     "optim.cpu_offload=true needs parallel.use_distributed_optimizer=true"),
+    (["optim.cpu_offload=true", "parallel.backend=gloo"], "optim.cpu_offload=true needs CUDA"),
+])
+def test_offload_keys_are_refused_with_one_line_naming_the_key(overrides, needle):
+    from megatron_mmr1.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=needle) as e:
+        load_config(None, overrides)
+    assert "\n" not in str(e.value)
+
+
+def test_offload_keys_accepted_where_they_can_run():
+    from megatron_mmr1.config import load_config
+
+    cfg = load_config(None, ["rollout.colocate=true", "rollout.offload_trainer=true", "optim.offload_fraction=0.5",
+                             "parallel.backend=gloo"])
+    assert cfg.rollout.offload_trainer and cfg.optim.offload_fraction == 0.5
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU refusal; CUDA runs it (next test)")
+def test_optimizer_cpu_offload_is_refused_without_cuda():
+    from megatron_mmr1.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="optim.cpu_offload=true needs CUDA"):
+        load_config(None, ["optim.cpu_offload=true"])
+
+
+def test_optimizer_cpu_offload_reaches_megatrons_optimizer_config(monkeypatch):
+    """engine.build_optimizer hands optim.cpu_offload / offload_fraction to megatron-core as Megatron-LM's
+    --optimizer-cpu-offload --use-precision-aware-optimizer --overlap-cpu-optimizer-d2h-h2d (the config is
+    made here without validation: on CPU it is refused)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import megatron.core.optimizer as mopt
+    from megatron.core.optimizer import optimizer_config
+
+    from megatron_mmr1.config import load_config
+    from megatron_mmr1.training import engine
+
+    base = load_config(None)
+    seen = []
+    monkeypatch.setattr(mopt, "get_megatron_optimizer", lambda opt_cfg, chunks: seen.append(opt_cfg))
+    monkeypatch.setattr(engine, "on_gpu", lambda: True)  # the GPU path (distributed optimizer), forced on
+    monkeypatch.setattr(optimizer_config, "is_te_min_version", lambda *a, **k: True)  # reads TE's version
+    monkeypatch.setattr(engine, "unwrap", lambda c: SimpleNamespace(
+        config=SimpleNamespace(bf16=True, params_dtype=torch.bfloat16)))
+    for on in (False, True):
+        cfg = dataclasses.replace(base, optim=dataclasses.replace(base.optim, cpu_offload=on, offload_fraction=0.25))
+        engine.build_optimizer(cfg, [None])
+    plain, offloaded = seen
+    assert not plain.optimizer_cpu_offload and not plain.use_precision_aware_optimizer
+    assert offloaded.optimizer_cpu_offload and offloaded.optimizer_offload_fraction == 0.25
+    assert offloaded.use_precision_aware_optimizer and offloaded.overlap_cpu_optimizer_d2h_h2d
+
+
+def test_optimizer_cpu_offload_steps_like_the_plain_optimizer_on_cuda(task, tmp_path):
+    """optim.cpu_offload (CUDA + transformer-engine): the Adam state lives on the host and two steps give the
+    plain optimizer's losses and params (host AdamW vs the device Adam: fp32 rounding, then bf16 params)."""
+    import importlib.util
+
+    from tests.dist_utils import require_gpus
+    from tests.training.offload_workers import optimizer_steps
+
+    require_gpus(1)
+    if importlib.util.find_spec("transformer_engine") is None:
+        pytest.skip("optim.cpu_offload needs transformer-engine")
+    runs = {on: spawn(optimizer_steps, 1, _overrides(task, tmp_path / str(on), f"optim.cpu_offload={on}".lower(),
+                                                     "optim.offload_fraction=1.0"))[0] for on in (False, True)}
+    plain, off = runs[False], runs[True]
+    assert off["state_devices"] == ["cpu"] and plain["state_devices"] == ["cuda"]
+    assert off["losses"] == pytest.approx(plain["losses"], rel=1e-3)
+    for n, p in plain["params"].items():
+        torch.testing.assert_close(off["params"][n], p, rtol=1e-2, atol=1e-3, msg=n)
