@@ -282,10 +282,8 @@ class GRPOTrainer(Trainer):
             return
         self.rollout.release_memory()
         self.offload.reload()
-        try:
-            yield
-        finally:
-            self.rollout.update_weights(self.chunks, self.version, self.offload.before_kv)
+        yield  # a failed save ends the run: no sync after it
+        self.rollout.update_weights(self.chunks, self.version, self.offload.before_kv)
 
     def state_dict(self) -> dict[str, Any]:
         sampler = self.rollout.sampler_state() if self.rollout is not None else None
