@@ -685,8 +685,10 @@ def validate(cfg: RunConfig, world_size: Optional[int] = None, nnodes: Optional[
            "/release_memory_occupation (server not idle): use abort or retract with rollout.colocate")
     _check(0 < cfg.rollout.top_p <= 1, f"rollout.top_p={cfg.rollout.top_p} must be in (0, 1]")
     _check_standin_sync(cfg)
+    _check_offload(cfg)
     # After the structural checks, so a wrong layout or batch is reported before what the mode reads.
     if launch:
+        _check_offload_runtime(cfg)
         _check_mode_inputs(cfg)
     _check(t.mode != "grpo" or t.train_iters == TrainingConfig.train_iters,
            f"training.train_iters={t.train_iters} counts optimizer steps (SFT, lm_smoke); a GRPO run's length is "
@@ -785,6 +787,37 @@ def _check_sglang_seed(cfg: RunConfig) -> None:
     _check(not (r.seed is not None and r.backend == "sglang"),
            f"rollout.seed={r.seed} with rollout.backend=sglang: SGLang gives all n samples of a prompt one "
            "sampling_seed (identical responses); set rollout.seed=null (seeds are for rollout.backend=local)")
+
+
+def _check_offload(cfg: RunConfig) -> None:
+    """rollout.offload_trainer hands the trainer's GPU memory to colocated servers while they generate;
+    optim.cpu_offload is megatron-core's HybridDeviceOptimizer: it runs on CUDA streams, and megatron builds it
+    through the distributed optimizer's precision-aware path (as verl and slime configure it)."""
+    r, o = cfg.rollout, cfg.optim
+    _check(not r.offload_trainer or r.colocate,
+           "rollout.offload_trainer=true needs rollout.colocate=true (the trainer leaves the GPU to servers on it)")
+    _check(0.0 <= o.offload_fraction <= 1.0, f"optim.offload_fraction={o.offload_fraction} must be in [0, 1]")
+    if not o.cpu_offload:
+        return
+    _check(cfg.parallel.use_distributed_optimizer,
+           "optim.cpu_offload=true needs parallel.use_distributed_optimizer=true (megatron-core builds its "
+           "HybridDeviceOptimizer through the distributed optimizer)")
+
+
+def _check_offload_runtime(cfg: RunConfig) -> None:
+    """What optim.cpu_offload needs from the machine it runs on (a config planned or printed elsewhere is fine)."""
+    if not cfg.optim.cpu_offload:
+        return
+    import importlib.util
+
+    import torch
+
+    _check(cfg.parallel.backend != "gloo" and torch.cuda.is_available(),
+           "optim.cpu_offload=true needs CUDA (megatron-core's HybridDeviceOptimizer and distributed optimizer run "
+           "on CUDA tensors and streams): set optim.cpu_offload=false on CPU / parallel.backend=gloo")
+    _check(importlib.util.find_spec("transformer_engine") is not None,
+           "optim.cpu_offload=true needs transformer-engine (the gpu extra): megatron-core 0.16.1 reads its version "
+           "when it configures the precision-aware optimizer that the CPU offload runs through")
 
 
 def _check_standin_sync(cfg: RunConfig) -> None:

@@ -327,6 +327,44 @@ def check_overlap(ctx: Context) -> str:
     return key
 
 
+def check_offload(ctx: Context) -> str:
+    """rollout.offload_trainer's TrainerOffload on the engine of check_overlap (DDP param buffer and the
+    distributed optimizer on CUDA): after a step, offload must free about what it moved (allocator bytes),
+    reload must restore every param and optimizer tensor bitwise, and the next step must run."""
+    import torch
+
+    from megatron_mmr1.training import micro_batches as mbs
+    from megatron_mmr1.training import engine, sft
+    from megatron_mmr1.training.offload import TrainerOffload, kept_tensors
+
+    ctx.require_device()
+    info = ctx.dist()
+    cfg = _engine_cfg(ctx, "model.preset=tiny", "optim.lr=1e-3")
+    chunks = engine.build_policy(cfg, load_hf=False)
+    optimizer = engine.build_optimizer(cfg, chunks)
+    scheduler = engine.build_scheduler(cfg, optimizer, 4)
+    step = engine.make_forward_step(cfg, sft.sft_loss_func, engine.varlen_attention(cfg))
+    batch = [mbs.pack(_random_sequences(4, [37, 64, 21], 1000, seed=0), list(range(4))).to(info.device)]
+    engine.train_step(cfg, chunks, optimizer, scheduler, step, batch, info.device)
+    before = [t.detach().clone() for t in kept_tensors(chunks, optimizer)]
+    ctx.fresh_memory()
+    allocated = torch.cuda.memory_allocated() if ctx.cuda else 0
+    offload = TrainerOffload(chunks, optimizer)
+    offload.offload()
+    freed = allocated - (torch.cuda.memory_allocated() if ctx.cuda else 0)
+    moved = offload.last_bytes["copied"] + offload.last_bytes["dropped"]
+    offload.reload()
+    equal = all(torch.equal(b, t) for b, t in zip(before, kept_tensors(chunks, optimizer)))
+    r = engine.train_step(cfg, chunks, optimizer, scheduler, step, batch, info.device)
+    ctx.say(f"  moved {moved / 2**20:.1f} MiB (copied {offload.last_bytes['copied'] / 2**20:.1f}), allocator freed "
+            f"{freed / 2**20:.1f} MiB; offload {offload.last_seconds['offload']:.3f} s, reload "
+            f"{offload.last_seconds['reload']:.3f} s")
+    key = f"offload moved {moved / 2**20:.1f} MiB, freed {freed / 2**20:.1f} MiB, reload bitwise {equal}"
+    if not equal or r.skipped or moved == 0 or (ctx.cuda and freed < 0.9 * moved):
+        raise CheckFailed(key + f"; next step skipped {r.skipped}")
+    return key
+
+
 # ---------------------------------------------------------------------------- 3. logits parity
 
 PARITY_GRIDS = [(1, 12, 16), (1, 8, 8)]
@@ -581,6 +619,7 @@ def check_memory(ctx: Context) -> str:
 CHECKS = [
     Check("kernels", 60, "Triton kernels vs torch references + quick bench", check_kernels),
     Check("overlap", 60, "overlap_grad_reduce / no_sync step, distributed optimizer", check_overlap),
+    Check("offload", 30, "trainer offload to host and back (rollout.offload_trainer)", check_offload),
     Check("parity", 60, "megatron vs transformers logits, fp32 and bf16", check_parity),
     Check("sft", 90, "tiny SFT, save and resume", check_sft),
     Check("grpo", 120, "tiny colocated GRPO, CUDA-IPC weight updates", check_grpo),

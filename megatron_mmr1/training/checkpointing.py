@@ -15,6 +15,7 @@ leaves the previous checkpoint (and ``latest``) untouched; ``checkpoint.keep_las
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -222,16 +223,19 @@ def export_hf(cfg: RunConfig, chunks: list, out_dir: str) -> Optional[Path]:
 class Checkpointer:
     """What a loop does with checkpoints at its step boundaries: periodic saves (``checkpoint.save_interval``),
     the save of an interrupted run, the final save; all no-ops without ``checkpoint.save``.
-    ``trainer_state()`` returns the loop's own state at the moment of a save."""
+    ``trainer_state()`` returns the loop's own state at the moment of a save; ``resident()`` (a context
+    manager, optional) holds the weights and optimizer state on the device while a save reads them."""
 
-    def __init__(self, cfg: RunConfig, chunks: list, optimizer, scheduler, trainer_state) -> None:
+    def __init__(self, cfg: RunConfig, chunks: list, optimizer, scheduler, trainer_state, resident=None) -> None:
         self.cfg, self.chunks, self.optimizer, self.scheduler = cfg, chunks, optimizer, scheduler
         self.trainer_state = trainer_state
+        self.resident = resident or contextlib.nullcontext
 
     def save(self, step: int) -> None:
         if self.cfg.checkpoint.save:
-            save_checkpoint(self.cfg, step, self.chunks, self.optimizer, self.scheduler, self.trainer_state(),
-                            hf_source=self.cfg.model.hf_path)
+            with self.resident():
+                save_checkpoint(self.cfg, step, self.chunks, self.optimizer, self.scheduler, self.trainer_state(),
+                                hf_source=self.cfg.model.hf_path)
 
     def periodic(self, step: int, total: int) -> None:
         """The ``save_interval`` save after ``step`` (the last step is saved by the loop's end)."""

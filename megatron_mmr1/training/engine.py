@@ -95,8 +95,22 @@ def build_optimizer(cfg: RunConfig, chunks: list):
         clip_grad=o.clip_grad if on_gpu() else 0.0,  # CPU: clipped in torch by clip_grad_norm_cpu
         bf16=model_cfg.bf16, params_dtype=model_cfg.params_dtype,
         use_distributed_optimizer=cfg.parallel.use_distributed_optimizer and on_gpu(),
+        **cpu_offload_kwargs(cfg),
     )
     return get_megatron_optimizer(opt_cfg, chunks)
+
+
+def cpu_offload_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    """``optim.cpu_offload``: megatron-core's HybridDeviceOptimizer keeps the Adam state and step of
+    ``optim.offload_fraction`` of the params on the host (torch AdamW there, the device Adam for the rest),
+    configured as Megatron-LM's ``--optimizer-cpu-offload --use-precision-aware-optimizer
+    --overlap-cpu-optimizer-d2h-h2d`` (what verl and slime set). config.validate refuses it without CUDA and the
+    distributed optimizer."""
+    o = cfg.optim
+    if not o.cpu_offload:
+        return {}
+    return dict(optimizer_cpu_offload=True, optimizer_offload_fraction=o.offload_fraction,
+                use_precision_aware_optimizer=True, overlap_cpu_optimizer_d2h_h2d=True)
 
 
 def build_scheduler(cfg: RunConfig, optimizer, total_steps: int):

@@ -4,9 +4,12 @@ One step (``training.mode=grpo``, :meth:`GRPOTrainer.train_step`)::
 
     batch = rollout.generate(step, version)     # VAS draw (a due VPS refresh scores prompts first), n responses
                                                 # each, rewards, group-normalised advantages, sampler.observe
+    rollout.release_memory(); offload.reload()  # colocated: the servers give the GPU back, the trainer's state
+                                                # returns (rollout.offload_trainer)
     old / ref log-probs                         # no grad; old only when the batch takes > 1 update
     for each optimizer step: train_step(...)    # token-budget micro-batches, exact token-mean of grpo_loss_func
-    rollout.update_weights(chunks, version)     # servers serve the new weights, tagged with the step
+    rollout.update_weights(chunks, version, offload.before_kv)  # servers serve the new weights, tagged with
+                                                # the step; the trainer's state goes to the host before their KV cache
 
 The :class:`RolloutManager` hides which rank drives the servers, the reward pool and the VAS sampler
 (rank 0); every rank trains. The loss is the fused GRPO loss from the last hidden states and the
@@ -15,8 +18,9 @@ vocab-parallel head (``mmr1_kernels``).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -27,6 +31,7 @@ from megatron_mmr1.training.engine import (StepResult, min_micro_batches, seq_pa
                                            token_logprobs, train_step)
 from megatron_mmr1.training.experience import RolloutRecord, to_train_sequences
 from megatron_mmr1.training.micro_batches import MicroBatch, build_micro_batch, padding_ratio, plan_micro_batches
+from megatron_mmr1.training.offload import TrainerOffload
 from megatron_mmr1.training.policy import ReferencePolicy, check_rollout_versions, fill_logprobs
 from megatron_mmr1.training.rollout_manager import RolloutManager
 from megatron_mmr1.training.trainer import Trainer
@@ -194,18 +199,23 @@ class GRPOTrainer(Trainer):
         super().__init__(cfg, info, t.rollout_steps, updates, grpo_loss_func)
         # the initial (SFT) weights, taken before a resume loads the trained ones
         self.reference = ReferencePolicy(self.chunks) if cfg.algorithm.use_kl_loss else None
+        self.offload = TrainerOffload(self.chunks, self.optimizer, enabled=with_rollout and cfg.rollout.offload_trainer,
+                                      timer=self.timer)
         self.version: Optional[str] = None
         self.rollouts_total = 0
         self._sampler_state: Optional[dict] = None
         resumed = self.resume() is not None
         self.rollout: Optional[RolloutManager] = None
         if with_rollout:
+            self.offload.offload()  # the servers start on a GPU without the trainer's state
             self.rollout = RolloutManager(cfg, info, self.dataset, tokenizer, self.timer, self.total_steps,
                                           self._sampler_state)
             if resumed:  # the servers start with the initial weights
                 self.version = self.version or str(self.step)
-                self.rollout.update_weights(self.chunks, self.version)
-                self.timer.pop()  # not the first step's sync time
+                self.rollout.release_memory()
+                self.offload.reload()
+                self.rollout.update_weights(self.chunks, self.version, self.offload.before_kv)
+            self.timer.pop()  # not the first step's times
         logger.info("GRPO: %d prompts, %d steps from step %d (%d prompts x %d responses, %d optimizer step(s) "
                     "each), %.2fM params/rank, tp=%d pp=%d dp=%d, sampler %s, refresh %s", len(self.dataset),
                     self.total_steps, self.step, t.rollout_batch_size, cfg.rollout.n, updates, self.params_m,
@@ -220,14 +230,17 @@ class GRPOTrainer(Trainer):
             raise RuntimeError(f"step {self.step + 1}: rollouts are {staleness} weight versions old (bound: 1)")
         self.rollouts_total += len(batch.records)
         metrics = dict(batch.metrics, **{"async/staleness": float(staleness)})
+        self.rollout.release_memory()  # colocated: the servers give the GPU back before any trainer forward,
+        self.offload.reload()  # and the trainer's state returns from the host
         if batch.records:
-            self.rollout.release_memory()
             metrics.update(self.update_policy(batch.records))
         else:
             self.monitor.write(f"step {self.step + 1}: every group had equal rewards; nothing to train on")
         self.rollout.finish_generation()
         self.version = str(self.step + 1)
-        metrics.update(self.rollout.update_weights(self.chunks, self.version))
+        # the servers take the new weights; the trainer's state leaves the GPU before their KV cache returns
+        metrics.update(self.rollout.update_weights(self.chunks, self.version, self.offload.before_kv))
+        metrics.update(self.offload.metrics())
         for i, text in enumerate(batch.samples_text):
             self.monitor.text(f"samples/{i}", text, self.step + 1)
         tokens = sum(len(r.prompt_ids) + len(r.response_ids) for r in batch.records)
@@ -259,6 +272,19 @@ class GRPOTrainer(Trainer):
 
     def summary_extra(self) -> dict[str, Any]:
         return {"rollouts_total": self.rollouts_total, **self.rollout.eval_summary()}
+
+    @contextlib.contextmanager
+    def resident(self) -> Iterator[None]:
+        """A save or export while the trainer's state is on the host: the servers release the GPU, the state
+        returns, and after the save the servers get the same weights back (the state leaving before their KV
+        cache), so trainer state and KV cache never share the GPU. Costs one reload and one weight sync."""
+        if not self.offload.offloaded:
+            yield
+            return
+        self.rollout.release_memory()
+        self.offload.reload()
+        yield  # a failed save ends the run: no sync after it
+        self.rollout.update_weights(self.chunks, self.version, self.offload.before_kv)
 
     def state_dict(self) -> dict[str, Any]:
         sampler = self.rollout.sampler_state() if self.rollout is not None else None

@@ -15,7 +15,7 @@ node's servers are fed by that node's ranks (``megatron_mmr1.rollout.colocate``)
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -138,17 +138,26 @@ class RolloutWeightSync:
             self.sender.release()
         dist.barrier()
 
-    def sync(self, chunks: list, version: str) -> None:
-        """Collective: push the current weights; the servers report ``version`` with later rollouts."""
+    def sync(self, chunks: list, version: str, before_kv: Optional[Callable[[], None]] = None) -> None:
+        """Collective: push the current weights; the servers report ``version`` with later rollouts.
+        ``before_kv`` (colocated): every rank runs it once the servers hold the new weights and before their
+        KV cache comes back (the trainer offloads its state there: verl's order)."""
         import time
 
         from megatron_mmr1.models.hf_adapter import iter_hf_state
 
+        kv_hook = None
+        if before_kv is not None and not self.colocate:
+            raise ValueError("before_kv is the colocated trainer offload: it needs rollout.colocate")
+        if before_kv is not None:  # the leader runs it inside its update; the others after their part
+            def kv_hook() -> None:
+                before_kv()
+                dist.barrier()  # no server resumes its KV cache before every rank has run it
         t0, nbytes = time.perf_counter(), 0
         if self.colocate:  # before any rank's servers resume: the cached activations would stay reserved
             torch.cuda.empty_cache()
             dist.barrier()
-            nbytes = self._sync_colocated(chunks, version)
+            nbytes = self._sync_colocated(chunks, version, kv_hook)
             dist.barrier()
             self.last_seconds, self.last_bytes = time.perf_counter() - t0, nbytes
             return
@@ -161,21 +170,27 @@ class RolloutWeightSync:
                 if self.sender is not None:
                     if self.pp > 1:  # generation paused once around all stages (begin / finish)
                         stats = self.sender.update(named, weight_version=version, manage_generation=False)
+                    elif kv_hook is not None:
+                        stats = self.sender.update(named, weight_version=version, before_kv=kv_hook)
                     else:
                         stats = self.sender.update(named, weight_version=version)
                     nbytes += getattr(stats, "bytes", 0)
                 else:
                     for _ in named:
                         pass
+                    if kv_hook is not None:
+                        kv_hook()
             dist.barrier()
         if self.pp > 1 and self.leader:
             self.sender.finish()
         dist.barrier()
         self.last_seconds, self.last_bytes = time.perf_counter() - t0, nbytes
 
-    def _sync_colocated(self, chunks: list, version: str) -> int:
+    def _sync_colocated(self, chunks: list, version: str, kv_hook: Optional[Callable[[], None]]) -> int:
         """Every rank holds every stage's full tensors (PP broadcast); the ranks on server GPUs hand their
-        own handles to their node's sender, which posts to that node's servers (rollout.colocate)."""
+        own handles to their node's sender, which posts to that node's servers (rollout.colocate). ``kv_hook``
+        runs once on every rank: inside a posting rank's update (weights in, KV cache not yet back), after
+        their part on the others; its barrier holds every node's KV resume until all ranks have run it."""
         from megatron_mmr1.models import hf_adapter
         from megatron_mmr1.rollout.colocate import full_model_tensors
 
@@ -186,8 +201,13 @@ class RolloutWeightSync:
         if self.sender is None:  # no server on this rank's GPU: only the TP gathers and PP broadcasts
             for _ in named:
                 pass
-            return 0
-        stats = self.sender.update(named, weight_version=version, group=self.group)
+            stats = None
+        elif self.posts:
+            stats = self.sender.update(named, weight_version=version, group=self.group, before_kv=kv_hook)
+        else:
+            stats = self.sender.update(named, weight_version=version, group=self.group)
+        if kv_hook is not None and not self.posts:
+            kv_hook()
         return getattr(stats, "bytes", 0) if self.posts else 0
 
     def close(self) -> None:

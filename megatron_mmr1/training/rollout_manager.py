@@ -4,7 +4,8 @@
     batch = rollout.generate(step, version)     # every rank: rank 0's rewarded rollouts, broadcast
     rollout.release_memory()                    # colocated servers give the GPU back before training
     rollout.finish_generation()                 # an in-flight (async) generation ends first
-    rollout.update_weights(chunks, version)     # collective: servers serve the new weights
+    rollout.update_weights(chunks, version, before_kv=offload.offload)  # collective: servers serve the new
+                                                # weights; the trainer's state leaves the GPU before their KV cache
 
 Global rank 0 (the driver) owns the servers, the client, the reward pool, the VAS sampler, the producer
 and the held-out evaluator; every rank owns its part of the weight sync. The broadcasts are here, so
@@ -14,7 +15,7 @@ the training loop has no rank branches.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch.distributed as dist
 
@@ -92,10 +93,13 @@ class RolloutManager:
             with self.timer("rollout_wait"):
                 self.producer.wait()
 
-    def update_weights(self, chunks: list, version: str) -> dict[str, float]:
-        """Collective: the servers serve ``chunks``' weights, tagged ``version``; the sync's metrics."""
+    def update_weights(self, chunks: list, version: str, before_kv: Optional[Callable[[], None]] = None
+                       ) -> dict[str, float]:
+        """Collective: the servers serve ``chunks``' weights, tagged ``version``; the sync's metrics.
+        ``before_kv``: run on every rank once the servers hold the weights, before their KV cache comes back
+        (colocated: the trainer offloads there)."""
         with self.timer("sync"):
-            self.sync.sync(chunks, version)
+            self.sync.sync(chunks, version, before_kv)
         return {"sync/seconds": self.sync.last_seconds, "sync/bytes": float(self.sync.last_bytes)}
 
     def evaluate(self, step: int, monitor: RunMonitor, at_start: bool = False) -> None:

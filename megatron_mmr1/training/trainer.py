@@ -11,8 +11,9 @@ optimizer and scheduler, the skip counter, the checkpointer, the monitor and the
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any, Optional
+from typing import Any, ContextManager, Optional
 
 from megatron_mmr1.config import RunConfig
 from megatron_mmr1.parallel import DistInfo
@@ -42,7 +43,8 @@ class Trainer:
         self.varlen = varlen_attention(cfg)
         self.forward_step = make_forward_step(cfg, loss_func, self.varlen)
         self.skips = SkipCounter(cfg.training.max_skipped_steps)
-        self.checkpointer = Checkpointer(cfg, self.chunks, self.optimizer, self.scheduler, self.state_dict)
+        self.checkpointer = Checkpointer(cfg, self.chunks, self.optimizer, self.scheduler, self.state_dict,
+                                         self.resident)
         self.timer = PhaseTimer()
         self.step = 0
         self.monitor: Optional[RunMonitor] = None
@@ -77,6 +79,11 @@ class Trainer:
     def summary_extra(self) -> dict[str, Any]:
         """Values of the mode for summary.json."""
         return {}
+
+    def resident(self) -> ContextManager[None]:
+        """The weights and optimizer state on the device for a save or an export (a mode that offloads them
+        between steps brings them back here)."""
+        return contextlib.nullcontext()
 
     # ---- the loop ----------------------------------------------------------------------------------
 
@@ -121,10 +128,11 @@ class Trainer:
             self.monitor.write(self.checkpointer.interrupted(self.step, self.total_steps))
         else:
             self.on_end()
-            if self.step > start:
-                self.checkpointer.save(self.step)
-            if self.cfg.checkpoint.export_hf:
-                export_hf(self.cfg, self.chunks, self.cfg.checkpoint.export_hf)
+            with self.resident():  # once for both
+                if self.step > start:
+                    self.checkpointer.save(self.step)
+                if self.cfg.checkpoint.export_hf:
+                    export_hf(self.cfg, self.chunks, self.cfg.checkpoint.export_hf)
         extra: dict[str, Any] = {"steps": self.step, "skipped_steps": self.skips.total, **self.summary_extra()}
         if interrupted:
             extra["interrupted_at"] = self.step

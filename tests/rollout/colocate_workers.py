@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
@@ -18,18 +19,22 @@ class _RecordingSender:
     def __init__(self, path: str):
         self.path = path
 
-    def update(self, named, weight_version=None, **kw):
-        _log(self.path, f"resume {os.environ['RANK']}")
+    def update(self, named, weight_version=None, before_kv=None, **kw):
         for _ in named:
             pass
+        _log(self.path, f"weights {os.environ['RANK']}")
+        if before_kv is not None:  # TensorWeightSender: after the buckets, before the KV cache resumes
+            before_kv()
+        _log(self.path, f"resume {os.environ['RANK']}")
 
     def close(self) -> None:
         pass
 
 
-def colocated_sync(events: str) -> None:
+def colocated_sync(events: str, offload: bool = False) -> None:
     """One colocated weight sync on every rank with torch.cuda.empty_cache spied on (after cpu_compat's
-    no-op patch, which is what this CPU run would otherwise call)."""
+    no-op patch, which is what this CPU run would otherwise call); ``offload``: with a ``before_kv`` hook that
+    logs on every rank."""
     from megatron_mmr1 import parallel
     from megatron_mmr1.config import load_config
     from megatron_mmr1.models import hf_adapter
@@ -44,5 +49,10 @@ def colocated_sync(events: str) -> None:
     if sync.sender is not None:
         sync.sender.close()
         sync.sender = _RecordingSender(events)
-    sync.sync([], "1")
+
+    def slow_offload() -> None:  # rank 1 slower: without the sync's barrier rank 0 would resume first
+        time.sleep(1.0 if rank == "1" else 0.0)
+        _log(events, f"offload {rank}")
+
+    sync.sync([], "1", before_kv=slow_offload if offload else None)
     sync.close()

@@ -5,7 +5,11 @@ trainer forward (the log-prob passes included: the planner counts them without t
 import contextlib
 from types import SimpleNamespace
 
+import pytest
+import torch
+
 from megatron_mmr1.config import load_config
+from megatron_mmr1.training.offload import TrainerOffload
 from tests.dist_utils import spawn
 from tests.rollout.colocate_workers import colocated_sync
 
@@ -15,12 +19,26 @@ def test_every_rank_frees_its_cache_before_the_servers_resume(tmp_path):
     spawn(colocated_sync, 2, str(events))
     lines = events.read_text().splitlines()
     assert sorted(lines[:2]) == ["empty_cache 0", "empty_cache 1"], lines
-    assert lines[2:] == ["resume 0"], lines
+    assert lines[2:] == ["weights 0", "resume 0"], lines
 
 
-def test_one_grpo_step_follows_algorithm_1_and_releases_the_servers_before_the_logprob_passes(monkeypatch):
-    """GRPOTrainer.train_step's order: rollouts, servers released, old / ref log-probs, the updates, the
-    in-flight generation finished, then the weight sync (tagged with the new step)."""
+def test_every_rank_offloads_the_trainer_after_the_weights_and_before_the_kv_cache_resumes(tmp_path):
+    """rollout.offload_trainer: the sync's before_kv hook runs on every rank (the leader inside its update, the
+    others after their part) and no server resumes its KV cache before all have run it."""
+    events = tmp_path / "events.log"
+    spawn(colocated_sync, 2, str(events), True)
+    lines = events.read_text().splitlines()
+    assert sorted(lines[:2]) == ["empty_cache 0", "empty_cache 1"], lines
+    assert lines[-1] == "resume 0" and sorted(lines[2:-1]) == ["offload 0", "offload 1", "weights 0"], lines
+    assert lines.index("weights 0") < lines.index("offload 0"), lines
+
+
+@pytest.mark.parametrize("offload_trainer", [False, True])
+def test_one_grpo_step_follows_algorithm_1_and_releases_the_servers_before_the_logprob_passes(monkeypatch,
+                                                                                           offload_trainer):
+    """GRPOTrainer.train_step's order: rollouts, servers released, trainer state reloaded, old / ref log-probs,
+    the updates, the in-flight generation finished, then the weight sync (tagged with the new step), inside
+    which the trainer state goes to the host (rollout.offload_trainer) before the servers' KV cache returns."""
     from megatron_mmr1.training import grpo
     from megatron_mmr1.training.engine import StepResult
     from megatron_mmr1.training.experience import RolloutBatch, RolloutRecord
@@ -47,9 +65,21 @@ def test_one_grpo_step_follows_algorithm_1_and_releases_the_servers_before_the_l
         def finish_generation(self):
             order.append("finish_generation")
 
-        def update_weights(self, chunks, version):
+        def update_weights(self, chunks, version, before_kv=None):
             order.append(f"sync {version}")
+            if before_kv is not None:
+                before_kv()
+            order.append("kv_cache")
             return {}
+
+    class Offload(TrainerOffload):
+        def offload(self):
+            order.append("offload")
+            super().offload()
+
+        def reload(self):
+            order.append("reload" if self.offloaded else "reload (nothing to do)")
+            super().reload()
 
     class Reference:
         @contextlib.contextmanager
@@ -60,7 +90,17 @@ def test_one_grpo_step_follows_algorithm_1_and_releases_the_servers_before_the_l
     trainer.__dict__.update(cfg=load_config(None), info=SimpleNamespace(device="cpu", dp=1, dp_rank=0), chunks=[],
                             reference=Reference(), rollout=Rollout(), timer=PhaseTimer(), skips=SkipCounter(3),
                             step=4, version="4", rollouts_total=0, monitor=SimpleNamespace(text=lambda *a: None),
-                            dataset=None, pad_id=0, varlen=False, optimizer=None, scheduler=None, forward_step=None)
+                            dataset=None, pad_id=0, varlen=False, optimizer=None, scheduler=None, forward_step=None,
+                            offload=Offload([torch.nn.Linear(2, 2)], None, enabled=offload_trainer))
+    trainer.offload.offload()  # as after the previous step's sync (or, before the first, at start-up)
+    order.clear()
     metrics = trainer.train_step()
-    assert order == ["generate 4 4", "release", "old_logp", "ref_logp", "train", "train", "finish_generation", "sync 5"]
+    want = ["generate 4 4", "release", "reload", "old_logp", "ref_logp", "train", "train", "finish_generation",
+            "sync 5", "offload", "kv_cache"]
+    if not offload_trainer:
+        want = [e for e in want if e != "offload"]
+        want[want.index("reload")] = "reload (nothing to do)"
+    assert order == want
+    assert trainer.offload.offloaded == offload_trainer
+    assert ("memory/offloaded_gib" in metrics) == offload_trainer
     assert trainer.version == "5" and metrics["optimizer_steps"] == 2.0 and metrics["rollouts_total"] == 1.0

@@ -23,17 +23,18 @@ def test_dry_run_prints_one_line_per_check_and_exits_0(tmp_path):
                           capture_output=True, text=True, timeout=300)
     lines = summary(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr + (tmp_path / "gpu_check.log").read_text()
-    assert list(lines) == ["kernels", "overlap", "parity", "sft", "grpo", "memory_3b"]  # every check, in order
+    assert list(lines) == ["kernels", "overlap", "offload", "parity", "sft", "grpo", "memory_3b"]  # in order
     status = {k: v[0] for k, v in lines.items()}
-    assert status == {"kernels": "PASS", "overlap": "PASS", "parity": "PASS", "sft": "PASS", "grpo": "SKIP",
-                      "memory_3b": "SKIP"}
+    assert status == {"kernels": "PASS", "overlap": "PASS", "offload": "PASS", "parity": "PASS", "sft": "PASS",
+                      "grpo": "SKIP", "memory_3b": "SKIP"}
     assert re.search(r"worst err/tol 0\.\d\d", lines["kernels"][1])
     assert "grad-norm rel diff 3 vs 1 micro-batches" in lines["overlap"][1]
+    assert "reload bitwise True" in lines["offload"][1]
     assert "fp32 rel" in lines["parity"][1] and "bf16 rel" in lines["parity"][1]
     assert "resume rel diff" in lines["sft"][1]
     assert lines["grpo"][1].startswith("dry-run: plan validated")
     assert re.search(r"estimate \d+\.\d\d GiB", lines["memory_3b"][1])
-    assert "4 PASS, 0 FAIL, 2 SKIP" in proc.stdout
+    assert "5 PASS, 0 FAIL, 2 SKIP" in proc.stdout
 
 
 def test_a_check_over_budget_fails_and_the_next_one_still_runs(tmp_path, capsys):

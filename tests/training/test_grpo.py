@@ -179,3 +179,32 @@ def test_colocated_run_releases_and_resumes_the_servers(task, tmp_path):
 def _subsequence(want: list, got: list) -> bool:
     it = iter(got)
     return all(any(x == y for y in it) for x in want)
+
+
+def test_colocated_run_with_trainer_offload_equals_the_run_without(task, tmp_path):
+    """rollout.offload_trainer: the trainer's state leaves and returns around every generation (and before the
+    servers start), saves and the export see it resident, and the run is the same run: rewards, losses, grad
+    norms and the exported weights equal those of the run without offload; the servers hold the trained
+    weights (trainer vs server log-probs)."""
+    def run(offload: bool, out, *extra):
+        (summary,) = spawn(run_grpo, 1, grpo_overrides(
+            task, out, "training.rollout_steps=2", "rollout.colocate=true", "rollout.num_servers=1",
+            "rollout.weight_sync=tensor", "parallel.backend=gloo", "rollout.seed=0", "rollout.temperature=1.0",
+            f"rollout.offload_trainer={str(offload).lower()}", "checkpoint.keep_last=2",
+            "algorithm.entropy_coef=0.01", *extra), True, timeout_s=600)  # the random policy scores 0: entropy trains
+        return summary["history"]
+
+    plain, off = (run(k, tmp_path / f"offload_{k}", f"checkpoint.save={tmp_path}/offload_{k}/ckpt",
+                      "checkpoint.save_interval=1", f"checkpoint.export_hf={tmp_path}/offload_{k}/hf")
+                  for k in (False, True))
+    assert all(v > 0 for _, v in plain["grad_norm"])  # the weights move
+    for key in ("reward/mean", "loss", "grad_norm", "policy/entropy"):
+        assert off[key] == plain[key], key
+    assert max(v for _, v in off["mismatch/logp_abs_mean"]) < 1e-4
+    assert all(v > 0 for _, v in off["memory/offloaded_gib"]) and "memory/offloaded_gib" not in plain
+    assert len(off["time/offload_s"]) == len(off["time/reload_s"]) == 2
+    got, want = _weights(tmp_path / "offload_True" / "hf"), _weights(tmp_path / "offload_False" / "hf")
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    # resumed with offload from the save made while offloaded: the servers get the step's weights, step 2 again
+    resumed = run(True, tmp_path / "resumed", f"checkpoint.load={tmp_path}/offload_True/ckpt/iter_0000001")
+    assert resumed["loss"] == plain["loss"][1:] and resumed["reward/mean"] == plain["reward/mean"][1:]
