@@ -16,10 +16,20 @@ def unwrap(chunk: Any) -> Any:
     return chunk
 
 
+def chunks_device(chunks: list) -> Any:
+    """The device of the chunks' params (CPU for a rank that holds none)."""
+    import torch
+
+    for c in chunks:
+        for p in c.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
 _all, __getattr__ = lazy_exports(__name__, {
     "checkpoint": ["CheckpointError", "HFCheckpoint", "load_dist", "load_hf_weights", "save_dist"],
     "hf_adapter": ["iter_hf_state"],
     "qwen2_5_vl": ["Qwen25VLModel", "build_model"],
     "rope_index": ["get_rope_index"],
 })
-__all__ = [*_all, "unwrap"]
+__all__ = [*_all, "chunks_device", "unwrap"]

@@ -4,7 +4,7 @@ One step (``training.mode=grpo``, :meth:`GRPOTrainer.train_step`)::
 
     batch = rollout.generate(step, version)     # VAS draw (a due VPS refresh scores prompts first), n responses
                                                 # each, rewards, group-normalised advantages, sampler.observe
-    rollout.release_memory(); offload.reload()  # colocated: the servers give the GPU back, the trainer's state
+    reclaim_gpu()                               # colocated: the servers give the GPU back, the trainer's state
                                                 # returns (rollout.offload_trainer)
     old / ref log-probs                         # no grad; old only when the batch takes > 1 update
     for each optimizer step: train_step(...)    # token-budget micro-batches, exact token-mean of grpo_loss_func
@@ -133,7 +133,7 @@ def plan_updates(cfg: RunConfig, records: list[RolloutRecord], dataset: Any, inf
         ids = list(range(start, min(len(records), start + gbs)))
         lengths = [len(records[i].prompt_ids) + len(records[i].response_ids) for i in ids]
         plan = plan_micro_batches(lengths, info.dp, max_tokens=budget, micro_batch_size=cfg.training.micro_batch_size,
-                              min_count=min_micro_batches(cfg))
+                                  min_count=min_micro_batches(cfg))
         total = sum(lengths)
         real += total
         computed += padding_ratio(plan, lengths, packed=budget is not None) * total
@@ -212,8 +212,7 @@ class GRPOTrainer(Trainer):
                                           self._sampler_state)
             if resumed:  # the servers start with the initial weights
                 self.version = self.version or str(self.step)
-                self.rollout.release_memory()
-                self.offload.reload()
+                self.reclaim_gpu()
                 self.rollout.update_weights(self.chunks, self.version, self.offload.before_kv)
             self.timer.pop()  # not the first step's times
         logger.info("GRPO: %d prompts, %d steps from step %d (%d prompts x %d responses, %d optimizer step(s) "
@@ -230,8 +229,7 @@ class GRPOTrainer(Trainer):
             raise RuntimeError(f"step {self.step + 1}: rollouts are {staleness} weight versions old (bound: 1)")
         self.rollouts_total += len(batch.records)
         metrics = dict(batch.metrics, **{"async/staleness": float(staleness)})
-        self.rollout.release_memory()  # colocated: the servers give the GPU back before any trainer forward,
-        self.offload.reload()  # and the trainer's state returns from the host
+        self.reclaim_gpu()  # colocated: servers give the GPU back, trainer state returns (before any forward)
         if batch.records:
             metrics.update(self.update_policy(batch.records))
         else:
@@ -273,6 +271,11 @@ class GRPOTrainer(Trainer):
     def summary_extra(self) -> dict[str, Any]:
         return {"rollouts_total": self.rollouts_total, **self.rollout.eval_summary()}
 
+    def reclaim_gpu(self) -> None:
+        """Colocated: the servers give the GPU back, then the trainer's state returns from the host."""
+        self.rollout.release_memory()
+        self.offload.reload()
+
     @contextlib.contextmanager
     def resident(self) -> Iterator[None]:
         """A save or export while the trainer's state is on the host: the servers release the GPU, the state
@@ -281,8 +284,7 @@ class GRPOTrainer(Trainer):
         if not self.offload.offloaded:
             yield
             return
-        self.rollout.release_memory()
-        self.offload.reload()
+        self.reclaim_gpu()
         yield  # a failed save ends the run: no sync after it
         self.rollout.update_weights(self.chunks, self.version, self.offload.before_kv)
 

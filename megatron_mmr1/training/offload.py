@@ -31,6 +31,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
+from megatron_mmr1.models import chunks_device
+
 GIB = float(1 << 30)
 
 
@@ -134,8 +136,7 @@ class TrainerOffload:
             return
         with self._time("offload"):
             t0 = time.perf_counter()
-            params = [p for c in self.chunks for p in c.parameters()]
-            device = params[0].device if params else torch.device("cpu")
+            device = chunks_device(self.chunks)
             seen: set = set()
             kept = self._storages(kept_tensors(self.chunks, self.optimizer), device, seen)
             dropped = self._storages(dropped_tensors(self.chunks, self.optimizer), device, seen)

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from megatron_mmr1.config import RunConfig
 from megatron_mmr1.training import micro_batches as mbs
-from megatron_mmr1.models import unwrap
+from megatron_mmr1.models import chunks_device, unwrap
 from megatron_mmr1.training.engine import forward_backward, make_forward_step, token_logprobs
 from megatron_mmr1.utils.logging import get_logger
 
@@ -149,7 +149,7 @@ class RolloutWeightSync:
         kv_hook = None
         if before_kv is not None and not self.colocate:
             raise ValueError("before_kv is the colocated trainer offload: it needs rollout.colocate")
-        if before_kv is not None:  # the leader runs it inside its update; the others after their part
+        if before_kv is not None:  # posting ranks run it inside their update; the others after their part
             def kv_hook() -> None:
                 before_kv()
                 dist.barrier()  # no server resumes its KV cache before every rank has run it
@@ -170,16 +170,12 @@ class RolloutWeightSync:
                 if self.sender is not None:
                     if self.pp > 1:  # generation paused once around all stages (begin / finish)
                         stats = self.sender.update(named, weight_version=version, manage_generation=False)
-                    elif kv_hook is not None:
-                        stats = self.sender.update(named, weight_version=version, before_kv=kv_hook)
                     else:
                         stats = self.sender.update(named, weight_version=version)
                     nbytes += getattr(stats, "bytes", 0)
                 else:
                     for _ in named:
                         pass
-                    if kv_hook is not None:
-                        kv_hook()
             dist.barrier()
         if self.pp > 1 and self.leader:
             self.sender.finish()
@@ -194,10 +190,8 @@ class RolloutWeightSync:
         from megatron_mmr1.models import hf_adapter
         from megatron_mmr1.rollout.colocate import full_model_tensors
 
-        params = [p for c in chunks for p in unwrap(c).parameters()][:1]
-        device = params[0].device if params else torch.device("cpu")
         named = full_model_tensors(lambda: hf_adapter.iter_hf_state(chunks), self.pp_rank, self.pp, self.pp_group,
-                                   device, self.bucket_bytes)
+                                   chunks_device(chunks), self.bucket_bytes)
         if self.sender is None:  # no server on this rank's GPU: only the TP gathers and PP broadcasts
             for _ in named:
                 pass
