@@ -165,8 +165,9 @@ class ColocatedSync:
                 self.group, self.node = group, node
         self.sender = None
         if self.node is not None:
-            check_on_this_node([urls[s.url_index] for s in self.node.servers], self.node.node)
-            self.sender = make_sender([urls[s.url_index] for s in self.node.servers], self.node.feeds())
+            node_urls = [urls[s.url_index] for s in self.node.servers]
+            check_on_this_node(node_urls, self.node.node)
+            self.sender = make_sender(node_urls, self.node.feeds())
 
     @property
     def posts(self) -> bool:
