@@ -21,6 +21,7 @@ import dataclasses
 import importlib
 import os
 import sys
+import time
 import typing
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -33,6 +34,8 @@ logger = get_logger(__name__)
 
 EXIT_CONFIG_ERROR = 2
 PROG = "mmr1-train"
+RANK0_REPORT_GRACE_S = 30.0
+"""How long a torchrun worker other than rank 0 waits after a config error for rank 0 to report it."""
 
 # torchrun options the launcher passes through (dest -> flag).
 _TORCHRUN_FLAGS = {"nnodes": "--nnodes", "node_rank": "--node-rank", "rdzv_backend": "--rdzv-backend",
@@ -178,7 +181,12 @@ def worker_main(args: argparse.Namespace) -> int:
         # Config errors are the same on every rank: rank 0 speaks for all. A checkpoint error may be
         # one rank's own (a tensor of its pipeline stage); those ranks say it themselves.
         kind = "config error" if isinstance(e, ConfigError) else "checkpoint error"
-        _say(f"{kind}: {e}", all_ranks=getattr(e, "rank_specific", False))
+        rank_specific = getattr(e, "rank_specific", False)
+        _say(f"{kind}: {e}", all_ranks=rank_specific)
+        if not rank_specific and _env_rank() != 0 and launched_by_torchrun():
+            # A silent rank that exits first makes torchrun SIGTERM the others, rank 0 too, possibly before it
+            # said why: wait for rank 0's exit to end this one (torchrun's SIGTERM), at most the grace period.
+            time.sleep(RANK0_REPORT_GRACE_S)
         return EXIT_CONFIG_ERROR
 
 

@@ -112,12 +112,20 @@ def _launch(tmp_path, *overrides: str) -> subprocess.Popen:
         cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def test_config_error_under_torchrun_is_one_line_once(tmp_path):
-    """Plain torchrun: the workers' line appears once (rank 0); torchrun's own report follows (its rc 1)."""
+@pytest.mark.parametrize("rank0_delay_s", [0, 3])
+def test_config_error_under_torchrun_is_one_line_once(tmp_path, rank0_delay_s):
+    """Plain torchrun: the workers' line appears once (rank 0); torchrun's own report follows (its rc 1).
+    With rank 0 slower to start (a sitecustomize sleeps in it), rank 1 reaches the error first: its exit
+    must not get rank 0 killed before the line (what a loaded CI machine did now and then)."""
+    env = dict(ENV)
+    if rank0_delay_s:
+        (tmp_path / "sitecustomize.py").write_text(
+            f"import os, time\nif os.environ.get('RANK') == '0':\n    time.sleep({rank0_delay_s})\n")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "megatron_mmr1.train",
          "--config", SMOKE, "training.mode=grpo", "training.rollout_batch_size=3", f"output_dir={tmp_path}"],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=240)
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.stderr.count("mmr1-train: config error: training.global_batch_size=8 does not divide") == 1
     assert proc.returncode == 1  # torchrun's, whatever the workers' code (documented in the README)
 
